@@ -1,0 +1,68 @@
+"""The whole backend contract: what a model runtime receives, returns and raises.
+
+Backends know nothing of HTTP, queues or the event loop. They are driven from one
+dedicated thread (the batcher's model thread) and are never called concurrently.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+import msgspec
+import numpy as np
+
+LoadFormat = Literal["auto", "dummy"]
+
+
+class BackendConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a backend needs to load a model. Plain data, safe to log."""
+
+    model: str  # hub id or local folder, passed to `from_pretrained`
+    revision: str | None = None
+    load_format: LoadFormat = "auto"
+    # For `load_format="dummy"`: a local folder holding config.json (random weights are built from it).
+    config_dir: str | None = None
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto | float32 | float16 | bfloat16
+    pooling: str | None = None  # None: the family's default
+    num_threads: int = 0  # intra-op CPU threads; 0: the backend decides
+    max_batch_size: int = 32  # largest batch the batcher will send (for warm-up and engine profiles)
+
+
+class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What the rest of the server may know about the loaded model."""
+
+    model_id: str
+    model_sha: str | None
+    model_type: str  # transformers `config.model_type`, e.g. "vit"
+    backend: str  # torch | onnx | tensorrt
+    device: str  # e.g. "cpu", "cuda:0"
+    dtype: str  # e.g. "float32"
+    pooling: str  # e.g. "mean"
+    embedding_dim: int
+    image_size: tuple[int, int]  # (height, width) of the pixel tensor the model takes
+    modalities: tuple[str, ...] = ("image",)  # room for text towers later
+    random_weights: bool = False
+
+
+class BackendError(Exception):
+    """The model failed on a batch (or at start-up). The message is safe to show a client."""
+
+
+class Backend(Protocol):
+    """A loaded model. All methods run on the model thread and may block."""
+
+    info: ModelInfo
+
+    def embed_images(self, pixels: np.ndarray) -> np.ndarray:
+        """Embed a batch: float32 (B, 3, H, W), normalised as the model expects -> float32 (B, D), pooled,
+        not L2-normalised. Raises BackendError."""
+        ...
+
+    def warmup(self) -> None:
+        """Run representative batches so the first client does not pay for lazy initialisation."""
+        ...
+
+    def close(self) -> None:
+        """Release the model and any device memory."""
+        ...

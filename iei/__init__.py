@@ -1,0 +1,3 @@
+"""IEI: Image Embedding Inference."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from iei.cli import main
+
+sys.exit(main())

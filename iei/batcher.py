@@ -1,0 +1,200 @@
+"""DynamicBatcher: groups queued images into batches and runs them on one model thread.
+
+Ownership: the batcher task alone takes from `_queue` (callers only append through `submit`);
+the model is touched only on `_model_thread`. A batch closes when it is full, when the model is
+idle (a lone request never waits for the delay), or `max_batch_delay` after its first image was
+queued. While one batch runs, the next is formed and handed over, so the model never waits for the
+batcher ("prefetch one batch"). Images whose caller went away are dropped before inference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, NamedTuple, Protocol
+
+import numpy as np
+
+from backends.base import BackendError
+from iei.errors import BackendFailed, Unhealthy
+
+log = logging.getLogger("iei.batcher")
+
+_MAX_BATCHES_HANDED_OVER = 2  # the running batch plus the one prefetched behind it
+
+
+class Embedded(NamedTuple):
+    """One image's result: its vector (float32 (D,), a row of the batch output) and stage times."""
+
+    vector: np.ndarray
+    queue_s: float
+    inference_s: float
+
+
+class BatchObserver(Protocol):
+    def on_batch(self, size: int, inference_s: float, ok: bool) -> None: ...
+
+
+class _Entry:
+    __slots__ = ("slot", "future", "queued_at")
+
+    def __init__(self, slot: int, future: asyncio.Future, queued_at: float) -> None:
+        self.slot = slot
+        self.future = future
+        self.queued_at = queued_at
+
+
+class DynamicBatcher:
+    """`embed_batch(slots) -> (B, D)` runs on the model thread; `release_slot` hands slots back."""
+
+    def __init__(
+        self,
+        embed_batch: Callable[[list[int]], np.ndarray],
+        release_slot: Callable[[int], None],
+        *,
+        max_batch_size: int,
+        max_batch_delay_s: float,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self._embed_batch = embed_batch
+        self._release_slot = release_slot
+        self._max_batch_size = max_batch_size
+        self._max_delay_s = max_batch_delay_s
+        self._observer = observer
+        self._queue: deque[_Entry] = deque()
+        self._wakeup = asyncio.Event()  # set on every submit and every finished batch
+        self._handed_over = 0  # batches given to the model thread and not yet finished
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iei-model")
+        self._task: asyncio.Task | None = None
+        self._failure: BaseException | None = None
+        #: False after a batch failed, True again after one succeeds.
+        self.backend_ok = True
+
+    # -- callers (event loop) ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="iei-batcher")
+
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    @property
+    def queue_size(self) -> int:
+        return len(self._queue)
+
+    def submit(self, slot: int) -> asyncio.Future:
+        """Queue a filled slot; the slot is now the batcher's. The future resolves to `Embedded`.
+        Cancel the future to drop the image if it has not reached the model yet."""
+        if not self.alive:
+            self._release_slot(slot)
+            raise Unhealthy("the batcher is not running")
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append(_Entry(slot, future, time.perf_counter()))
+        self._wakeup.set()
+        return future
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._fail_queued(Unhealthy("the server is shutting down"))
+        self._model_thread.shutdown(wait=True)
+
+    # -- the batcher task -------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self._wait_until(lambda: self._queue and self._handed_over < _MAX_BATCHES_HANDED_OVER)
+                await self._fill_batch()
+                batch = self._take_batch()
+                if batch:
+                    self._hand_over(batch)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # never die silently: fail every waiter and turn unhealthy
+            log.exception("the batcher crashed")
+            self._failure = e
+            self.backend_ok = False
+            self._fail_queued(Unhealthy("the batcher stopped unexpectedly"))
+            raise
+
+    async def _wait_until(self, condition: Callable[[], object], timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        while not condition():
+            self._wakeup.clear()
+            remaining = None if deadline is None else deadline - time.perf_counter()
+            if remaining is not None and remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    async def _fill_batch(self) -> None:
+        """While the model is busy, give the batch until its delay runs out to fill up."""
+        if self._handed_over == 0:
+            return  # idle model: go now
+        delay_left = self._queue[0].queued_at + self._max_delay_s - time.perf_counter()
+        if delay_left > 0:
+            await self._wait_until(
+                lambda: len(self._queue) >= self._max_batch_size or self._handed_over == 0, delay_left
+            )
+
+    def _take_batch(self) -> list[_Entry]:
+        batch: list[_Entry] = []
+        while self._queue and len(batch) < self._max_batch_size:
+            entry = self._queue.popleft()
+            if entry.future.done():  # the caller went away: drop before inference
+                self._release_slot(entry.slot)
+            else:
+                batch.append(entry)
+        return batch
+
+    def _hand_over(self, batch: list[_Entry]) -> None:
+        self._handed_over += 1
+        slots = [entry.slot for entry in batch]
+        started = asyncio.get_running_loop().run_in_executor(self._model_thread, self._infer, slots)
+        started.add_done_callback(lambda done: self._scatter(batch, done))
+
+    def _infer(self, slots: list[int]) -> tuple[np.ndarray, float, float]:
+        """Model thread: run one batch; returns (vectors, start time, duration)."""
+        start = time.perf_counter()
+        vectors = self._embed_batch(slots)
+        return vectors, start, time.perf_counter() - start
+
+    def _scatter(self, batch: list[_Entry], done: asyncio.Future) -> None:
+        """Event loop: deliver each row to its caller, in order, and free the slots."""
+        self._handed_over -= 1
+        self._wakeup.set()
+        for entry in batch:
+            self._release_slot(entry.slot)
+        error = done.exception()
+        if error is None:
+            vectors, start, duration = done.result()
+            self.backend_ok = True
+            for row, entry in enumerate(batch):
+                if not entry.future.done():
+                    entry.future.set_result(Embedded(vectors[row], start - entry.queued_at, duration))
+        else:
+            self.backend_ok = False
+            message = str(error) if isinstance(error, BackendError) else "the model failed on this batch"
+            if not isinstance(error, BackendError):
+                log.error("model thread raised", exc_info=error)
+            for entry in batch:
+                if not entry.future.done():
+                    entry.future.set_exception(BackendFailed(message))
+            duration = 0.0
+        if self._observer is not None:
+            self._observer.on_batch(len(batch), duration, error is None)
+
+    def _fail_queued(self, error: Exception) -> None:
+        while self._queue:
+            entry = self._queue.popleft()
+            self._release_slot(entry.slot)
+            if not entry.future.done():
+                entry.future.set_exception(error)

@@ -1,0 +1,145 @@
+"""Server settings: one frozen object, built once from CLI flags and environment variables.
+
+Every field is a flag of `iei serve` and an environment variable; its help text below is the
+`--help` text. Nothing else in the project reads the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+DEFAULT_MODEL = "google/vit-base-patch16-224"
+
+
+def _opt(default: Any, help: str, *, env: Sequence[str] = (), choices: Sequence[str] | None = None, flag: str | None = None):
+    """A settings field with its CLI/env metadata. The first env name is the documented one."""
+    return field(default=default, metadata={"help": help, "env": tuple(env), "choices": choices, "flag": flag})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Model
+    model: str = _opt(DEFAULT_MODEL, "Hugging Face hub id or local folder of an image model.",
+                      env=("IMAGE_EMBEDDING_MODEL", "IEI_MODEL", "MODEL_ID"))
+    revision: str | None = _opt(None, "Model revision (branch, tag or commit) on the hub.", env=("IEI_REVISION", "REVISION"))
+    load_format: str = _opt("auto", "auto: load real weights with from_pretrained. dummy: build the model's real "
+                            "architecture with RANDOM weights, offline (for tests, benchmarks and demos).",
+                            env=("IEI_LOAD_FORMAT",), choices=("auto", "dummy"))
+    served_model_name: str | None = _opt(None, "Name reported in /info and /v1/embeddings (default: the model id).",
+                                         env=("IEI_SERVED_MODEL_NAME", "SERVED_MODEL_NAME"))
+    pooling: str | None = _opt(None, "Pooling: mean (default for ViT/DeiT/BEiT/Swin/ConvNeXt), cls or pooler.",
+                               env=("IEI_POOLING", "POOLING"))
+    # Runtime
+    backend: str = _opt("torch", "Model runtime.", env=("IEI_BACKEND",), choices=("torch",))
+    device: str = _opt("auto", "auto (cuda if available), cpu, cuda or cuda:N.", env=("IEI_DEVICE",))
+    dtype: str = _opt("auto", "auto (float16 on CUDA, float32 on CPU), float32, float16 or bfloat16.",
+                      env=("IEI_DTYPE", "DTYPE"), choices=("auto", "float32", "float16", "bfloat16"))
+    backend_threads: int = _opt(0, "CPU threads for the model (0: one per core).", env=("IEI_BACKEND_THREADS",))
+    # HTTP
+    host: str = _opt("0.0.0.0", "Address to listen on.", env=("IEI_HOST",))
+    port: int = _opt(8000, "Port to listen on.", env=("IEI_PORT", "PORT"))
+    payload_limit: int = _opt(64 * 1024 * 1024, "Largest request body in bytes (413 above it).",
+                              env=("IEI_PAYLOAD_LIMIT", "PAYLOAD_LIMIT"))
+    # Batching and admission
+    max_batch_size: int = _opt(32, "Largest batch of images sent to the model at once.",
+                               env=("IEI_MAX_BATCH_SIZE", "MAX_BATCH_SIZE"))
+    max_batch_delay_ms: float = _opt(2.0, "How long a batch may wait for more images while the model is busy (ms). "
+                                     "An idle model never waits.", env=("IEI_MAX_BATCH_DELAY_MS",))
+    max_concurrent_requests: int = _opt(512, "Images admitted at once across all requests; beyond it, 429.",
+                                        env=("IEI_MAX_CONCURRENT_REQUESTS", "MAX_CONCURRENT_REQUESTS"))
+    max_client_batch_size: int = _opt(64, "Most images in one request (422 above it).",
+                                      env=("IEI_MAX_CLIENT_BATCH_SIZE", "MAX_CLIENT_BATCH_SIZE"))
+    # Preprocessing
+    preprocess_workers: int = _opt(0, "Image decoding processes (0: one per core).", env=("IEI_PREPROCESS_WORKERS",))
+    max_image_pixels: int = _opt(100_000_000, "Largest image accepted, in pixels (checked before decoding).",
+                                 env=("IEI_MAX_IMAGE_PIXELS",))
+    draft_decode: bool = _opt(True, "Decode large JPEGs at reduced size in the DCT domain before resizing "
+                              "(faster; --no-draft-decode for the exact path).", env=("IEI_DRAFT_DECODE",))
+    # Logging
+    log_format: str = _opt("text", "Log line format.", env=("IEI_LOG_FORMAT", "LOG_FORMAT"), choices=("text", "json"))
+    log_level: str = _opt("info", "Log level.", env=("IEI_LOG_LEVEL", "LOG_LEVEL"),
+                          choices=("debug", "info", "warning", "error"))
+
+    def __post_init__(self) -> None:
+        positive = ("port", "payload_limit", "max_batch_size", "max_concurrent_requests", "max_client_batch_size",
+                    "max_image_pixels")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_batch_delay_ms", "preprocess_workers", "backend_threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} cannot be negative, got {getattr(self, name)}")
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def model_name(self) -> str:
+        return self.served_model_name or self.model
+
+    @property
+    def workers(self) -> int:
+        return self.preprocess_workers or os.cpu_count() or 1
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _convert(f: dataclasses.Field, text: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if kind.startswith("bool"):
+        return _parse_bool(text)
+    if kind.startswith("int"):
+        return int(text)
+    if kind.startswith("float"):
+        return float(text)
+    return text
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per Settings field; defaults stay unset so the environment can fill them."""
+    for f in dataclasses.fields(Settings):
+        meta = f.metadata
+        flag = "--" + f.name.replace("_", "-")
+        envs = ", ".join(meta["env"])
+        help_text = f"{meta['help']} [env: {envs}; default: {f.default}]"
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, choices=meta["choices"], help=help_text,
+                                type=lambda text, f=f: _convert(f, text))
+
+
+def settings_from(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Flags win over environment variables, which win over defaults."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        flag_value = getattr(args, f.name, None) if args is not None else None
+        if flag_value is not None:
+            values[f.name] = flag_value
+            continue
+        for name in f.metadata["env"]:
+            if environ.get(name, "") != "":
+                try:
+                    values[f.name] = _convert(f, environ[name])
+                except ValueError as e:
+                    raise SystemExit(f"invalid value for {name}: {environ[name]!r} ({e})") from None
+                choices = f.metadata["choices"]
+                if choices and values[f.name] not in choices:
+                    raise SystemExit(f"invalid value for {name}: {environ[name]!r} (choose from {', '.join(choices)})")
+                break
+    try:
+        return Settings(**values)
+    except ValueError as e:
+        raise SystemExit(f"invalid settings: {e}") from None

@@ -1,0 +1,189 @@
+"""EmbeddingEngine: the embedding service as a library object (no HTTP).
+
+Flow per image: admission -> slot -> PreprocessPool (worker process) -> DynamicBatcher -> backend
+on the model thread -> vector. Images of one request flow independently, so a large request
+spans batches and keeps every stage busy. Owner: the event loop (all async methods run there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Literal, NamedTuple, Sequence
+
+import numpy as np
+
+from backends import Backend, BackendConfig, load_backend
+from iei.batcher import DynamicBatcher, Embedded
+from iei.config import Settings
+from iei.errors import EmptyInput, InputError, Overloaded, Unhealthy, ValidationFailed
+from iei.metrics import Metrics
+from iei.models import resolve_model
+from iei.preprocess.pool import PreprocessPool
+from iei.preprocess.spec import PreprocessSpec, load_spec
+
+log = logging.getLogger("iei.engine")
+
+Encoding = Literal["base64", "raw"]
+
+
+class ImagePayload(NamedTuple):
+    """One image as it arrived: base64 text (data-URI prefix allowed) or raw file bytes."""
+
+    data: bytes | str
+    encoding: Encoding
+
+
+class Timings(NamedTuple):
+    """Per-request stage times in seconds (the slowest image of the request for each stage)."""
+
+    preprocess_s: float
+    queue_s: float
+    inference_s: float
+
+
+class EmbedResult(NamedTuple):
+    vectors: np.ndarray  # float32 (N, D')
+    timings: Timings
+
+
+def slots_for(settings: Settings) -> int:
+    """Enough slots for the running batch, the prefetched one, and work queued in every worker."""
+    return 2 * settings.max_batch_size + 4 * settings.workers
+
+
+class EmbeddingEngine:
+    def __init__(self, settings: Settings, backend: Backend, spec: PreprocessSpec) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.spec = spec
+        self.metrics = Metrics()
+        self.pool = PreprocessPool(spec, workers=settings.workers, slots=slots_for(settings))
+        self.batcher = DynamicBatcher(
+            self._embed_slots,
+            self.pool.release_slot,
+            max_batch_size=settings.max_batch_size,
+            max_batch_delay_s=settings.max_batch_delay_ms / 1000,
+            observer=self.metrics,
+        )
+        self.inflight_images = 0  # admitted and not yet answered
+        self.ready = False
+        self.metrics.watch(queue_size=lambda: self.batcher.queue_size, inflight=lambda: self.inflight_images)
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, settings: Settings) -> "EmbeddingEngine":
+        """Blocking: resolve the model, read its preprocessing, load and warm up the backend.
+        Raises ModelNotFound, ValueError (unsupported processor) or BackendError with a clear message."""
+        source = resolve_model(settings.model, settings.revision, settings.load_format)
+        spec = load_spec(source.processor_source, source.revision, draft=settings.draft_decode,
+                         max_image_pixels=settings.max_image_pixels)
+        backend = load_backend(settings.backend, BackendConfig(
+            model=settings.model, revision=settings.revision, load_format=settings.load_format,
+            config_dir=source.config_dir, device=settings.device, dtype=settings.dtype, pooling=settings.pooling,
+            num_threads=settings.backend_threads, max_batch_size=settings.max_batch_size,
+        ))
+        backend.warmup()
+        return cls(settings, backend, spec)
+
+    async def start(self) -> None:
+        await self.pool.start()
+        self.batcher.start()
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        await self.batcher.close()
+        await self.pool.close()
+        await asyncio.to_thread(self.backend.close)
+
+    def health_problem(self) -> str | None:
+        """None when healthy, else what is wrong (safe to show a client)."""
+        if not self.ready:
+            return "the model is not loaded yet"
+        if not self.batcher.alive:
+            return "the batcher stopped"
+        if not self.batcher.backend_ok:
+            return "the model failed on its last batch"
+        if not self.pool.worker_pids:
+            return "no preprocessing worker is running"
+        return None
+
+    # -- embedding ----------------------------------------------------------------------------
+
+    def check_request(self, count: int, dimensions: int | None, field: str = "inputs") -> None:
+        """Cheap validation before any work (raises EmptyInput / ValidationFailed)."""
+        if count == 0:
+            raise EmptyInput(f"`{field}` cannot be empty")
+        limit = self.settings.max_client_batch_size
+        if count > limit:
+            raise ValidationFailed(f"`{field}` has {count} images; the limit is {limit} (max_client_batch_size)")
+        dim = self.backend.info.embedding_dim
+        if dimensions is not None and not 1 <= dimensions <= dim:
+            raise ValidationFailed(f"`dimensions` must be between 1 and {dim}, got {dimensions}")
+
+    async def embed(self, images: Sequence[ImagePayload], *, normalize: bool = True,
+                    dimensions: int | None = None, field: str = "inputs") -> EmbedResult:
+        """Embed images in input order. Raises the errors of `iei.errors`."""
+        self.check_request(len(images), dimensions, field)
+        self._admit(len(images))
+        try:
+            start = time.perf_counter()
+            if len(images) == 1:
+                results = [await self._embed_one(images[0], 0, field, start)]
+            else:
+                results = await _all_or_nothing([self._embed_one(img, i, field, start) for i, img in enumerate(images)])
+        finally:
+            self.inflight_images -= len(images)
+        vectors = _finish(np.stack([r[0].vector for r in results]), normalize, dimensions)
+        timings = Timings(
+            max(r[1] for r in results),
+            max(r[0].queue_s for r in results),
+            max(r[0].inference_s for r in results),
+        )
+        self.metrics.images_embedded.inc(len(images))
+        return EmbedResult(vectors, timings)
+
+    def _admit(self, count: int) -> None:
+        limit = self.settings.max_concurrent_requests
+        if self.inflight_images + count > limit:
+            raise Overloaded(f"the server is at capacity ({limit} images in flight); retry shortly")
+        if not self.ready:
+            raise Unhealthy("the model is not ready")
+        self.inflight_images += count
+
+    async def _embed_one(self, image: ImagePayload, index: int, field: str, start: float) -> tuple[Embedded, float]:
+        slot = await self.pool.acquire_slot()
+        try:
+            await self.pool.prepare(image.data, image.encoding, slot)
+        except InputError as e:
+            raise e.at(index, field) from None
+        preprocess_s = time.perf_counter() - start
+        future = self.batcher.submit(slot)
+        return await future, preprocess_s
+
+    def _embed_slots(self, slots: list[int]) -> np.ndarray:
+        """Model thread: gather the batch from shared memory (one copy) and run the model."""
+        return self.backend.embed_images(self.pool.pixels[slots])
+
+
+def _finish(vectors: np.ndarray, normalize: bool, dimensions: int | None) -> np.ndarray:
+    if dimensions is not None:
+        vectors = vectors[:, :dimensions]
+    if normalize:
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors = vectors / np.maximum(norms, 1e-12)
+    return vectors
+
+
+async def _all_or_nothing(coroutines: list) -> list:
+    """Run all; on the first failure cancel the rest (their queued images are dropped) and raise it."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,238 @@
+"""PreprocessPool: worker processes that decode images into a shared-memory slab of pixel tensors.
+
+Owner: the event loop. Every method runs on the loop thread; nothing here blocks it. Image bytes
+go to a worker over its socket pair; the worker writes the float32 tensor into a slot of the slab
+and replies with a few bytes. The loop only moves payloads and slot numbers.
+
+Slot lifecycle: `acquire_slot()` -> `prepare(payload, slot)`; on success the caller owns the
+filled slot (and hands it to the batcher, which releases it after inference); on any failure,
+cancellation included, the pool releases the slot as soon as no worker can still write to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import multiprocessing
+import os
+import socket
+import struct
+from collections import deque
+from multiprocessing.shared_memory import SharedMemory
+
+import msgspec
+import numpy as np
+
+from iei.errors import InputError, PreprocessWorkerDied
+from iei.preprocess.spec import PreprocessSpec
+from iei.preprocess.worker import ENCODINGS, STATUS_INPUT_ERROR, STATUS_OK, Reply, Task, worker_main
+
+log = logging.getLogger("iei.preprocess")
+
+_HEADER = struct.Struct("!i")  # multiprocessing.Connection's frame header, so workers use plain recv_bytes()
+_READY = b"ready"
+_START_TIMEOUT_S = 60.0
+
+
+class _WorkerProtocol(asyncio.Protocol):
+    """Parses length-prefixed reply frames from one worker."""
+
+    def __init__(self, worker: "_Worker") -> None:
+        self._worker = worker
+        self._buffer = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buffer
+        buf += data
+        while len(buf) >= 4:
+            (size,) = _HEADER.unpack_from(buf)
+            if len(buf) < 4 + size:
+                return
+            frame = bytes(buf[4 : 4 + size])
+            del buf[: 4 + size]
+            self._worker.on_frame(frame)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._worker.on_lost()
+
+
+class _Worker:
+    """One worker process and the tasks it holds. Owned by the pool (event loop)."""
+
+    def __init__(self, pool: "PreprocessPool", index: int) -> None:
+        self.pool = pool
+        self.index = index
+        self.process: multiprocessing.process.BaseProcess | None = None
+        self.transport: asyncio.Transport | None = None
+        self.inflight: dict[int, tuple[asyncio.Future, int]] = {}
+        self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.alive = False
+
+    async def spawn(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        parent_conn, child_conn = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(
+            target=worker_main,
+            args=(child_conn, self.pool.slab_name, self.pool.pixels.shape, self.pool.spec_bytes),
+            name=f"iei-preprocess-{self.index}",
+            daemon=True,
+        )
+        await asyncio.to_thread(self.process.start)
+        child_conn.close()
+        sock = socket.socket(fileno=os.dup(parent_conn.fileno()))
+        parent_conn.close()
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        self.transport, _ = await loop.create_unix_connection(lambda: _WorkerProtocol(self), sock=sock)
+        await asyncio.wait_for(asyncio.shield(self.ready), _START_TIMEOUT_S)
+        self.alive = True
+
+    def send(self, task: Task, future: asyncio.Future) -> None:
+        frame = self.pool.encode(task)
+        self.inflight[task.task_id] = (future, task.slot)
+        self.transport.writelines((_HEADER.pack(len(frame)), frame))  # type: ignore[union-attr]
+
+    def on_frame(self, frame: bytes) -> None:
+        if not self.ready.done():
+            self.ready.set_result(frame == _READY)
+            return
+        reply = self.pool.decode_reply(frame)
+        future, slot = self.inflight.pop(reply.task_id)
+        if reply.status == STATUS_OK and not future.done():
+            future.set_result(None)
+            return
+        self.pool.release_slot(slot)  # failed or abandoned: the worker is done with the slot
+        if future.done():
+            return
+        if reply.status == STATUS_INPUT_ERROR:
+            future.set_exception(InputError(reply.message))
+        else:
+            future.set_exception(InputError(reply.message or "the image could not be processed"))
+
+    def on_lost(self) -> None:
+        self.alive = False
+        if not self.ready.done():
+            self.ready.set_exception(PreprocessWorkerDied("preprocessing worker failed to start"))
+        inflight, self.inflight = self.inflight, {}
+        for future, slot in inflight.values():
+            self.pool.release_slot(slot)  # the process is gone: nobody writes to the slot any more
+            if not future.done():
+                future.set_exception(PreprocessWorkerDied("the preprocessing worker handling this image died; retry"))
+        self.pool.on_worker_lost(self)
+
+    def stop(self) -> None:
+        if self.transport is not None:
+            self.transport.close()  # the worker reads EOF and exits
+
+
+class PreprocessPool:
+    """Decode and resize images in `workers` processes into `slots` shared-memory tensors."""
+
+    def __init__(self, spec: PreprocessSpec, *, workers: int, slots: int) -> None:
+        self.spec = spec
+        self.spec_bytes = msgspec.msgpack.encode(spec)
+        self.encode = msgspec.msgpack.Encoder().encode
+        self.decode_reply = msgspec.msgpack.Decoder(Reply).decode
+        shape = (slots, 3, spec.output_height, spec.output_width)
+        self._shm = SharedMemory(create=True, size=int(np.prod(shape)) * 4)
+        self.slab_name = self._shm.name
+        #: The slab: slot i holds one preprocessed image, float32 (3, H, W). Read by the model thread.
+        self.pixels = np.ndarray(shape, dtype=np.float32, buffer=self._shm.buf)
+        self._free_slots: list[int] = list(range(slots))
+        self._slot_waiters: deque[asyncio.Future] = deque()
+        self._workers: list[_Worker] = []
+        self._worker_count = workers
+        self._task_ids = itertools.count()
+        self._closing = False
+        self._respawns: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        self._workers = [_Worker(self, i) for i in range(self._worker_count)]
+        await asyncio.gather(*(w.spawn() for w in self._workers))
+        log.info("preprocessing pool ready: %d workers, %d slots of %s", len(self._workers),
+                 self.pixels.shape[0], "x".join(map(str, self.pixels.shape[1:])))
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return [w.process.pid for w in self._workers if w.alive and w.process is not None]
+
+    @property
+    def free_slots(self) -> int:
+        return len(self._free_slots)
+
+    async def acquire_slot(self) -> int:
+        if self._free_slots:
+            return self._free_slots.pop()
+        waiter = asyncio.get_running_loop().create_future()
+        self._slot_waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release_slot(waiter.result())  # handed a slot just as we were cancelled
+            raise
+
+    def release_slot(self, slot: int) -> None:
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(slot)
+                return
+        self._free_slots.append(slot)
+
+    async def prepare(self, payload: bytes | str, encoding: str, slot: int) -> None:
+        """Fill `slot` with the preprocessed image. Raises InputError or PreprocessWorkerDied
+        (after which the slot is no longer the caller's)."""
+        worker = self._pick_worker()
+        if worker is None:
+            self.release_slot(slot)
+            raise PreprocessWorkerDied("no preprocessing worker is available; retry")
+        future = asyncio.get_running_loop().create_future()
+        worker.send(Task(next(self._task_ids), slot, ENCODINGS.index(encoding), payload), future)
+        await future
+
+    def _pick_worker(self) -> _Worker | None:
+        best = None
+        for worker in self._workers:
+            if worker.alive and (best is None or len(worker.inflight) < len(best.inflight)):
+                best = worker
+        return best
+
+    def on_worker_lost(self, worker: _Worker) -> None:
+        if self._closing:
+            return
+        log.error("preprocessing worker %d (pid %s) died; starting a new one", worker.index,
+                  worker.process.pid if worker.process else "?")
+        task = asyncio.get_running_loop().create_task(self._respawn(worker.index))
+        self._respawns.add(task)
+        task.add_done_callback(self._respawns.discard)
+
+    async def _respawn(self, index: int) -> None:
+        await asyncio.sleep(0.1)  # do not spin if workers die at start
+        replacement = _Worker(self, index)
+        self._workers[index] = replacement
+        try:
+            await replacement.spawn()
+        except Exception:
+            log.exception("could not restart preprocessing worker %d", index)
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in self._respawns:
+            task.cancel()
+        for worker in self._workers:
+            worker.stop()
+        await asyncio.to_thread(self._join_workers)
+        del self.pixels
+        self._shm.close()
+        self._shm.unlink()
+
+    def _join_workers(self) -> None:
+        for worker in self._workers:
+            if worker.process is None:
+                continue
+            worker.process.join(timeout=5)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(timeout=5)

@@ -1,0 +1,90 @@
+"""The preprocessing worker process: a blocking loop that turns image payloads into pixel tensors.
+
+It receives `(task_id, slot, encoding, payload)` frames on its end of a socket pair, writes the
+float32 tensor into `slot` of the shared-memory slab, and answers `(task_id, status, message)`.
+Only the small reply crosses the process boundary; the pixels stay in shared memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from typing import Any
+from multiprocessing import resource_tracker
+from multiprocessing.connection import Connection
+from multiprocessing.shared_memory import SharedMemory
+
+import msgspec
+import numpy as np
+
+from iei.errors import InputError
+from iei.preprocess.image import decode_payload, prepare_image
+from iei.preprocess.spec import PreprocessSpec
+
+ENCODINGS = ("base64", "raw")
+STATUS_OK, STATUS_INPUT_ERROR, STATUS_INTERNAL_ERROR = 0, 1, 2
+
+log = logging.getLogger("iei.preprocess.worker")
+
+
+class Task(msgspec.Struct, array_like=True):
+    task_id: int
+    slot: int
+    encoding: int  # index into ENCODINGS
+    payload: Any  # bytes, or the str from a JSON body (sent as is: no copy to bytes on the loop)
+
+
+class Reply(msgspec.Struct, array_like=True):
+    task_id: int
+    status: int
+    message: str = ""
+
+
+def attach_slab(name: str, shape: tuple[int, ...]) -> tuple[SharedMemory, np.ndarray]:
+    """Map the parent's shared-memory slab. The parent alone owns (and unlinks) the segment."""
+    shm = SharedMemory(name=name)
+    # Python < 3.13 registers attached segments with the resource tracker, which would unlink
+    # the parent's slab when this worker exits.
+    resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
+    return shm, np.ndarray(shape, dtype=np.float32, buffer=shm.buf)
+
+
+def _as_bytes(payload: Any) -> bytes:
+    if isinstance(payload, str):
+        try:
+            return payload.encode("ascii")
+        except UnicodeEncodeError:
+            raise InputError("not valid base64") from None
+    return payload
+
+
+def run_task(task: Task, spec: PreprocessSpec, slab: np.ndarray) -> Reply:
+    try:
+        data = decode_payload(_as_bytes(task.payload), ENCODINGS[task.encoding])
+        prepare_image(data, spec, out=slab[task.slot])
+        return Reply(task.task_id, STATUS_OK)
+    except InputError as e:
+        return Reply(task.task_id, STATUS_INPUT_ERROR, e.message)
+    except Exception:  # a decoder bug must not kill the worker or leak its text to a client
+        log.exception("preprocessing failed unexpectedly")
+        return Reply(task.task_id, STATUS_INTERNAL_ERROR, "the image could not be processed")
+
+
+def worker_main(conn: Connection, slab_name: str, slab_shape: tuple[int, ...], spec_bytes: bytes) -> None:
+    """Entry point of a worker process (spawned: no state is inherited from the server)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when workers stop
+    spec = msgspec.msgpack.decode(spec_bytes, type=PreprocessSpec)
+    shm, slab = attach_slab(slab_name, slab_shape)
+    decode_task = msgspec.msgpack.Decoder(Task).decode
+    encode = msgspec.msgpack.Encoder().encode
+    conn.send_bytes(b"ready")
+    try:
+        while True:
+            try:
+                frame = conn.recv_bytes()
+            except (EOFError, OSError):
+                return  # the server closed our pipe: shut down quietly
+            conn.send_bytes(encode(run_task(decode_task(frame), spec, slab)))
+    finally:
+        del slab
+        shm.close()

@@ -1,0 +1,99 @@
+"""Turn an HTTP request into image payloads and options: JSON (base64), multipart files, or a raw
+image body. Only cheap work here (the event loop runs it); decoding happens in the pool."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, TypeVar
+
+import msgspec
+from litestar import Request
+from litestar.datastructures import UploadFile
+
+from iei.engine import ImagePayload
+from iei.errors import UnsupportedMediaType, ValidationFailed
+from iei.server.schemas import EmbedRequest
+
+T = TypeVar("T")
+
+JSON_TYPES = ("application/json", "")
+RAW_TYPES = ("application/octet-stream",)
+INPUT_FORMATS = ["application/json (base64 strings)", "multipart/form-data (file parts)",
+                 "image/* or application/octet-stream (one raw image)"]
+
+
+class EmbedInputs(NamedTuple):
+    images: list[ImagePayload]
+    normalize: bool
+    dimensions: int | None
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def is_json(media: str) -> bool:
+    return media in JSON_TYPES or (media.startswith("application/") and media.endswith("+json"))
+
+
+def decode_json(body: bytes, kind: type[T]) -> T:
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as e:
+        raise ValidationFailed(f"invalid request: {e}") from None
+    except msgspec.DecodeError as e:
+        raise ValidationFailed(f"invalid JSON: {e}") from None
+
+
+def as_list(inputs: str | list[str]) -> list[str]:
+    return [inputs] if isinstance(inputs, str) else inputs
+
+
+async def read_embed_inputs(request: Request) -> EmbedInputs:
+    media = media_type(request)
+    if is_json(media):
+        req = decode_json(await request.body(), EmbedRequest)
+        return EmbedInputs([ImagePayload(s, "base64") for s in as_list(req.inputs)], req.normalize, req.dimensions)
+    if media == "multipart/form-data":
+        return await _read_multipart(request)
+    if media.startswith("image/") or media in RAW_TYPES:
+        normalize, dimensions = _options(request.query_params, {})
+        return EmbedInputs([ImagePayload(await request.body(), "raw")], normalize, dimensions)
+    raise UnsupportedMediaType(
+        f"unsupported Content-Type {media!r}: send application/json, multipart/form-data, or a raw image body "
+        "(image/* or application/octet-stream)"
+    )
+
+
+async def _read_multipart(request: Request) -> EmbedInputs:
+    form = await request.form()
+    images: list[ImagePayload] = []
+    fields: dict[str, str] = {}
+    for name, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            images.append(ImagePayload(await value.read(), "raw"))
+        else:
+            fields[name] = value
+    normalize, dimensions = _options(request.query_params, fields)
+    return EmbedInputs(images, normalize, dimensions)
+
+
+def _options(query, fields: dict[str, str]) -> tuple[bool, int | None]:
+    """`normalize` and `dimensions` from form fields, else query parameters."""
+    normalize_text = fields.get("normalize", query.get("normalize"))
+    dimensions_text = fields.get("dimensions", query.get("dimensions"))
+    normalize = True if normalize_text in (None, "") else _parse_bool("normalize", normalize_text)
+    if dimensions_text in (None, "", "null"):
+        return normalize, None
+    try:
+        return normalize, int(dimensions_text)
+    except ValueError:
+        raise ValidationFailed(f"`dimensions` must be an integer, got {dimensions_text!r}") from None
+
+
+def _parse_bool(name: str, text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise ValidationFailed(f"`{name}` must be true or false, got {text!r}")

@@ -1,0 +1,220 @@
+"""Route handlers. Each handler is short: read inputs, call the engine, render; the shared
+`_serve` does timing, errors, metrics and the access log once for every embedding route."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import logging
+import os
+import time
+from typing import Awaitable, Callable
+
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.exceptions import HTTPException
+from litestar.handlers import HTTPRouteHandler
+
+from iei import __version__
+from iei.engine import EmbeddingEngine, EmbedResult, ImagePayload
+from iei.errors import IEIError, Unhealthy, UnsupportedMediaType
+from iei.server.errors import ERROR_TYPE_BY_STATUS, HTTPError
+from iei.server.inputs import INPUT_FORMATS, as_list, decode_json, read_embed_inputs, media_type, is_json
+from iei.server.schemas import (
+    HealthBody, ImageSize, Info, ModelType, OpenAIEmbedding, OpenAIEmbeddingRequest, OpenAIEmbeddingResponse,
+    OpenAIUsage, Pooling,
+)
+
+access_log = logging.getLogger("iei.access")
+log = logging.getLogger("iei.server")
+
+JSON = "application/json"
+_HEALTH_OK = msgspec.json.encode(HealthBody())
+
+
+class AppState:
+    """What the handlers share. `engine` is set by the lifespan once the model is ready."""
+
+    def __init__(self, settings) -> None:
+        self.settings = settings
+        self.engine: EmbeddingEngine | None = None
+        self._ids = itertools.count(1)
+        self._id_prefix = f"{os.getpid():x}"
+
+    def next_request_id(self) -> str:
+        return f"{self._id_prefix}-{next(self._ids)}"
+
+    def require_engine(self) -> EmbeddingEngine:
+        if self.engine is None:
+            raise Unhealthy("the model is not loaded yet")
+        return self.engine
+
+
+class ClientGone(Exception):
+    """The client disconnected while its images were queued or running."""
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[EmbedResult]) -> EmbedResult:
+    """Await `work`, cancelling it (so its queued images are dropped) if the client disconnects."""
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(work)
+    watcher = loop.create_task(_disconnected(request))
+    watcher.add_done_callback(lambda w: task.cancel())
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled():
+            raise ClientGone() from None
+        raise
+    finally:
+        watcher.cancel()
+
+
+def _timing_headers(total_s: float, result: EmbedResult | None) -> dict[str, str]:
+    total = f"{total_s * 1000:.3f}"
+    if result is None:
+        return {"x-total-time": total}
+    pre, queue, infer = (f"{t * 1000:.3f}" for t in result.timings)
+    return {
+        "x-total-time": total, "x-preprocess-time": pre, "x-queue-time": queue, "x-inference-time": infer,
+        "server-timing": f"preprocess;dur={pre}, queue;dur={queue}, inference;dur={infer}, total;dur={total}",
+    }
+
+
+def _classify(error: Exception, request_id: str) -> HTTPError:
+    if isinstance(error, IEIError):
+        return HTTPError.from_error(error)
+    if isinstance(error, HTTPException):  # raised by Litestar while reading the body
+        error_type = ERROR_TYPE_BY_STATUS.get(error.status_code, "Validation")
+        return HTTPError(error_type, _litestar_message(error))
+    log.error("unexpected error in request %s", request_id, exc_info=error)
+    return HTTPError("Internal", f"internal error (request id {request_id})")
+
+
+def _litestar_message(error: HTTPException) -> str:
+    if error.status_code == 413:
+        return "request body is larger than the payload limit"
+    return str(error.detail)
+
+
+Reader = Callable[[Request], Awaitable[tuple[list[ImagePayload], bool, int | None]]]
+Renderer = Callable[[EmbedResult], bytes]
+
+
+async def _serve(state: AppState, request: Request, route: str, read: Reader, render: Renderer,
+                 render_error: Callable[[HTTPError], bytes]) -> Response:
+    start = time.perf_counter()
+    request_id = request.headers.get("x-request-id") or state.next_request_id()
+    result = None
+    try:
+        engine = state.require_engine()
+        images, normalize, dimensions = await read(request)
+        result = await _unless_disconnected(request, engine.embed(images, normalize=normalize, dimensions=dimensions))
+        status, body, headers, outcome = 200, render(result), {}, "success"
+    except ClientGone:
+        status, body, headers, outcome = 499, b"", {}, "ClientGone"
+    except Exception as e:  # every error leaves as JSON; text of unexpected ones stays in the log
+        error = _classify(e, request_id)
+        status, body, headers, outcome = error.status, render_error(error), error.headers, error.error_type
+    total_s = time.perf_counter() - start
+    headers.update(_timing_headers(total_s, result))
+    headers["x-request-id"] = request_id
+    _record(state, route, request_id, outcome, status, total_s, result, len(body))
+    return Response(content=body, status_code=status, media_type=JSON, headers=headers)
+
+
+def _record(state: AppState, route: str, request_id: str, outcome: str, status: int, total_s: float,
+            result: EmbedResult | None, size: int) -> None:
+    stages = tuple(result.timings) if result is not None else None
+    if state.engine is not None:
+        state.engine.metrics.observe_request(route, outcome, total_s, stages)
+    if access_log.isEnabledFor(logging.INFO):
+        images = len(result.vectors) if result is not None else 0
+        fields = {"request_id": request_id, "route": route, "status": status, "outcome": outcome, "images": images,
+                  "total_ms": round(total_s * 1000, 3)}
+        if stages is not None:
+            fields.update(zip(("preprocess_ms", "queue_ms", "inference_ms"), (round(s * 1000, 3) for s in stages)))
+        access_log.info(" ".join(f"{k}={v}" for k, v in fields.items()), extra=fields)
+
+
+# -- renderers ------------------------------------------------------------------------------
+
+def _render_tei(result: EmbedResult) -> bytes:
+    return msgspec.json.encode(result.vectors.tolist())
+
+
+def _render_openai(model_name: str, encoding_format: str, result: EmbedResult) -> bytes:
+    if encoding_format == "base64":
+        data = [OpenAIEmbedding(base64.b64encode(v.astype("<f4").tobytes()).decode("ascii"), i)
+                for i, v in enumerate(result.vectors)]
+    else:
+        data = [OpenAIEmbedding(v, i) for i, v in enumerate(result.vectors.tolist())]
+    return msgspec.json.encode(OpenAIEmbeddingResponse(data, model_name, OpenAIUsage()))
+
+
+# -- handlers -------------------------------------------------------------------------------
+
+def build_route_handlers(state: AppState) -> list[HTTPRouteHandler]:
+    settings = state.settings
+
+    @post(["/embed", "/", "/invocations"], status_code=200, summary="Embed images",
+          description="Body: JSON `{\"inputs\": [base64, ...], \"normalize\": true, \"dimensions\": null}`, "
+                      "multipart/form-data file parts, or one raw image (image/*, application/octet-stream). "
+                      "Returns `[[float, ...], ...]`, one vector per image in input order.")
+    async def embed(request: Request) -> Response:
+        return await _serve(state, request, "/embed", read_embed_inputs, _render_tei, HTTPError.tei_body)
+
+    @post("/v1/embeddings", status_code=200, summary="OpenAI-compatible embeddings",
+          description="`{\"input\": base64 | [base64], \"encoding_format\": \"float\" | \"base64\", \"dimensions\": n}`")
+    async def openai_embeddings(request: Request) -> Response:
+        encoding = ["float"]
+
+        async def read(req: Request):
+            media = media_type(req)
+            if not is_json(media):
+                raise UnsupportedMediaType(f"unsupported Content-Type {media!r}: send application/json")
+            body = decode_json(await req.body(), OpenAIEmbeddingRequest)
+            encoding[0] = body.encoding_format
+            return [ImagePayload(s, "base64") for s in as_list(body.input)], True, body.dimensions
+
+        def render(result: EmbedResult) -> bytes:
+            return _render_openai(settings.model_name, encoding[0], result)
+
+        return await _serve(state, request, "/v1/embeddings", read, render, HTTPError.openai_body)
+
+    @get("/health", summary="Readiness: 200 once the model answers, else 503")
+    async def health() -> Response:
+        engine = state.engine
+        problem = "the model is not loaded yet" if engine is None else engine.health_problem()
+        if problem is None:
+            return Response(content=_HEALTH_OK, status_code=200, media_type=JSON)
+        return Response(content=HTTPError("Unhealthy", problem).tei_body(), status_code=503, media_type=JSON)
+
+    @get("/info", summary="Model and server settings")
+    async def info() -> Info:
+        engine = state.require_engine()
+        model = engine.backend.info
+        return Info(
+            model_id=settings.model, model_sha=model.model_sha, model_dtype=model.dtype,
+            model_type=ModelType(Pooling(model.pooling)), served_model_name=settings.model_name,
+            backend=model.backend, device=model.device, embedding_dim=model.embedding_dim,
+            image_size=ImageSize(engine.spec.output_height, engine.spec.output_width),
+            max_concurrent_requests=settings.max_concurrent_requests, max_batch_size=settings.max_batch_size,
+            max_batch_delay_ms=settings.max_batch_delay_ms, max_client_batch_size=settings.max_client_batch_size,
+            max_image_pixels=settings.max_image_pixels, payload_limit=settings.payload_limit,
+            preprocess_workers=settings.workers, draft_decode=settings.draft_decode,
+            random_weights=model.random_weights, input_formats=INPUT_FORMATS, version=__version__,
+        )
+
+    @get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+    async def metrics() -> Response:
+        engine = state.require_engine()
+        return Response(content=engine.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return [embed, openai_embeddings, health, info, metrics]

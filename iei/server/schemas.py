@@ -1,0 +1,98 @@
+"""Request and response bodies of the HTTP contract (msgspec structs)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+
+class EmbedRequest(msgspec.Struct):
+    """POST /embed (also / and /invocations). Unknown fields are ignored, as TEI does."""
+
+    inputs: str | list[str]
+    normalize: bool = True
+    dimensions: int | None = None
+
+
+class OpenAIEmbeddingRequest(msgspec.Struct):
+    """POST /v1/embeddings."""
+
+    input: str | list[str]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+
+
+class OpenAIEmbedding(msgspec.Struct):
+    embedding: list[float] | str
+    index: int
+    object: str = "embedding"
+
+
+class OpenAIUsage(msgspec.Struct):
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+
+
+class OpenAIEmbeddingResponse(msgspec.Struct):
+    data: list[OpenAIEmbedding]
+    model: str
+    usage: OpenAIUsage
+    object: str = "list"
+
+
+class ErrorBody(msgspec.Struct):
+    error: str
+    error_type: str
+
+
+class OpenAIErrorDetail(msgspec.Struct):
+    message: str
+    type: str
+    code: int
+
+
+class OpenAIErrorBody(msgspec.Struct):
+    error: OpenAIErrorDetail
+
+
+class HealthBody(msgspec.Struct):
+    message: str = "OK"
+
+
+class ImageSize(msgspec.Struct):
+    height: int
+    width: int
+
+
+class Pooling(msgspec.Struct):
+    pooling: str
+
+
+class ModelType(msgspec.Struct):
+    embedding: Pooling
+
+
+class Info(msgspec.Struct):
+    model_id: str
+    model_sha: str | None
+    model_dtype: str
+    model_type: ModelType
+    served_model_name: str
+    backend: str
+    device: str
+    embedding_dim: int
+    image_size: ImageSize
+    max_concurrent_requests: int
+    max_batch_size: int
+    max_batch_delay_ms: float
+    max_client_batch_size: int
+    max_image_pixels: int
+    payload_limit: int
+    preprocess_workers: int
+    draft_decode: bool
+    random_weights: bool
+    input_formats: list[str]
+    version: str

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from tests.model_factory import make_tiny_model
+from tests.server_process import ServerProcess, running_server
+
+SEED_IMAGES = sorted((Path(__file__).resolve().parents[2] / "shared" / "testdata" / "seed-images").glob("*.png"))
+
+
+@pytest.fixture(scope="session")
+def seed_images() -> list[bytes]:
+    assert len(SEED_IMAGES) == 6, "expected the six seed images in ../shared/testdata/seed-images"
+    return [p.read_bytes() for p in SEED_IMAGES]
+
+
+@pytest.fixture(scope="session")
+def seed_base64(seed_images) -> list[str]:
+    return [base64.b64encode(b).decode() for b in seed_images]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Callable[[str], Path]:
+    """family -> folder of a tiny random-weight model, built once per session."""
+    root = tmp_path_factory.mktemp("models")
+    built: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in built:
+            built[family] = make_tiny_model(family, root)
+        return built[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def server_logs(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("server-logs")
+
+
+@pytest.fixture(scope="session")
+def vit_server(tiny_model, server_logs) -> Iterator[ServerProcess]:
+    """One tiny-ViT server shared by the contract tests (small limits so limit tests stay cheap)."""
+    with running_server(
+        "--model", str(tiny_model("vit")), "--preprocess-workers", "2", "--max-batch-delay-ms", "5",
+        "--payload-limit", str(4 * 1024 * 1024), "--max-client-batch-size", "16", "--backend-threads", "1",
+        log_dir=server_logs,
+    ) as server:
+        yield server
