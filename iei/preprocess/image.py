@@ -1,0 +1,226 @@
+"""Pure preprocessing functions: image bytes in, float32 CHW pixels out.
+
+They run inside preprocessing worker processes: top-level functions, no module state, numpy out
+(no PIL object crosses a process boundary). With `spec.draft=False` the result equals the
+transformers slow image processor applied to `transformers.image_utils.load_image(image)`
+(EXIF transpose, convert to RGB), except that 16/32-bit greyscale and float images are scaled to
+8 bits instead of clipped.
+
+Every failure caused by the input raises `InputError` with a message for the client (no index,
+no library text); anything else is a bug.
+"""
+
+from __future__ import annotations
+
+import binascii
+import io
+import re
+import warnings
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from iei.errors import InputError
+from iei.preprocess.spec import PreprocessSpec
+
+# Raster formats we decode. Pillow can open many more, some through external programs (EPS runs
+# Ghostscript) or rarely exercised parsers; an image server has no use for them. (Multi-picture
+# JPEGs, MPO, open through the JPEG plugin.)
+SUPPORTED_FORMATS = (
+    "JPEG", "PNG", "WEBP", "GIF", "AVIF", "TIFF", "BMP", "DIB", "ICO", "PPM", "TGA", "QOI",
+)
+
+_DATA_URI = re.compile(rb"^\s*data:[^,]*?;base64,", re.IGNORECASE)
+_JPEG_FORMATS = ("JPEG", "MPO")
+_SWAPS_AXES = (5, 6, 7, 8)  # EXIF orientations that rotate by 90 degrees
+_EXIF_ORIENTATION = 0x0112
+# Above this many pixels, resize only the part the centre crop keeps: guards against extreme
+# aspect ratios (a 1 x 10000 image with a 256 shortest edge would be resized to 256 x 2.56M).
+# Below it we resize the whole image, bit-exact with transformers; the region resize is not
+# bit-exact when it upscales both axes (Pillow's rounding differs), so keep it for the rare case.
+_MAX_FULL_RESIZE_PIXELS = 4_000_000
+
+
+def decode_payload(payload: bytes | str, encoding: Literal["base64", "raw"]) -> bytes:
+    """Return the image bytes of one input. For base64, strip any `data:...;base64,` prefix and
+    decode strictly (line breaks and spaces are allowed, other stray characters are not).
+    Raises InputError("empty image") or InputError("not valid base64")."""
+    if isinstance(payload, str):
+        try:
+            payload = payload.encode("ascii")
+        except UnicodeEncodeError as e:
+            raise InputError("not valid base64") from e
+    if encoding == "base64":
+        match = _DATA_URI.match(payload)
+        payload = _b64decode(payload[match.end() :] if match else payload)
+    if not payload:
+        raise InputError("empty image")
+    return bytes(payload)
+
+
+def _b64decode(text: bytes) -> bytes:
+    try:
+        return binascii.a2b_base64(text, strict_mode=True)
+    except binascii.Error:
+        pass
+    # strict_mode rejects whitespace too; retry without the line breaks and spaces that
+    # base64.encodebytes and many clients insert (rare, so the common case pays nothing).
+    try:
+        return binascii.a2b_base64(b"".join(text.split()), strict_mode=True)
+    except binascii.Error as e:
+        raise InputError("not valid base64") from e
+
+
+def prepare_image(data: bytes, spec: PreprocessSpec, out: np.ndarray | None = None) -> np.ndarray:
+    """Decode `data` and write the model's pixels into `out` (float32, shape
+    (3, spec.output_height, spec.output_width), may be a view into shared memory); allocate it
+    when None. Returns `out`. Raises InputError for empty, undecodable, truncated or oversized
+    images; ValueError if `out` has the wrong shape or dtype."""
+    shape = (3, spec.output_height, spec.output_width)
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+    elif out.shape != shape or out.dtype != np.float32:
+        raise ValueError(f"out must be float32 {shape}, got {out.dtype} {out.shape}")
+    if not data:
+        raise InputError("empty image")
+    image, source_size = _decode(data, spec)
+    pixels = _resize_and_crop(image, source_size, spec)
+    lut = _value_table(spec)
+    for c in range(3):
+        # A uint8 -> float32 table per channel: bit-exact with transformers' rescale+normalise,
+        # and it writes CHW straight into `out` from the HWC pixels without temporaries.
+        np.take(lut[c], pixels[:, :, c], out=out[c])
+    return out
+
+
+def _decode(data: bytes, spec: PreprocessSpec) -> tuple[Image.Image, tuple[int, int]]:
+    """Open, check the size, decode (DCT-downscaled when allowed), orient and convert to RGB.
+    Returns the RGB image and the oriented size of the source before any downscale, from which
+    transformers would compute the resize."""
+    with warnings.catch_warnings():
+        # Pillow warns on big images and odd palettes; our own limit is the one that counts.
+        warnings.simplefilter("ignore")
+        try:
+            image = Image.open(io.BytesIO(data), formats=_available_formats())
+        except Image.DecompressionBombError as e:
+            raise InputError(f"image is over the limit of {spec.max_image_pixels} pixels") from e
+        except Exception as e:  # Pillow raises many types for bytes it cannot identify
+            raise InputError("not a decodable image") from e
+        width, height = image.size
+        if width * height > spec.max_image_pixels:
+            raise InputError(
+                f"image is {width}x{height} = {width * height} pixels, "
+                f"over the limit of {spec.max_image_pixels}"
+            )
+        try:
+            swapped = _orientation(image) in _SWAPS_AXES
+            _maybe_draft(image, spec, swapped)
+            image.load()
+            image = _orient(image)
+            return _to_rgb(image), ((height, width) if swapped else (width, height))
+        except Exception as e:
+            raise InputError("image data is truncated or corrupt") from e
+
+
+def _available_formats() -> list[str]:
+    # Older Pillow lacks some plugins (AVIF before 11.2), and open() fails on unknown names.
+    Image.init()  # a no-op after the first call
+    return [name for name in SUPPORTED_FORMATS if name in Image.OPEN]
+
+
+def _maybe_draft(image: Image.Image, spec: PreprocessSpec, swapped: bool) -> None:
+    """For a JPEG at least twice the size the resize needs, let the decoder downscale by 2, 4
+    or 8 in the DCT domain to no less than that size (`swapped`: EXIF will rotate it by 90)."""
+    if not spec.draft or image.format not in _JPEG_FORMATS or spec.resize == "none":
+        return
+    if spec.resize == "fixed":
+        need_w, need_h = spec.resize_width, spec.resize_height
+    else:  # the short side becomes shortest_edge and the long side at least that
+        need_w = need_h = spec.shortest_edge
+    if swapped:
+        need_w, need_h = need_h, need_w  # the decoder sees the image before rotation
+    if image.width >= 2 * need_w and image.height >= 2 * need_h:
+        image.draft("RGB", (need_w, need_h))
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # broken EXIF: decode the pixels as stored, like a browser would
+        return 1
+
+
+def _orient(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation as transformers' `load_image` does (exif_transpose)."""
+    if _orientation(image) == 1:
+        return image  # exif_transpose would copy the whole image for nothing
+    return ImageOps.exif_transpose(image)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert to 8-bit RGB like `load_image` (`convert("RGB")`, alpha dropped), except that
+    high-bit-depth greyscale is scaled to 8 bits, where Pillow would clip it to white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I;16") or image.mode == "I":
+        # 16-bit range: v8 = round(v16 / 257) inverts the usual v8 * 257 expansion. 32-bit "I"
+        # images are taken to hold 16-bit values, as 16-bit PNG/TIFF decode to in older Pillow.
+        wide = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
+        image = Image.fromarray(((wide + 128) // 257).astype(np.uint8))
+    elif image.mode == "F":
+        # Floats are taken as [0, 1] when they fit, else as [0, 255]; NaN becomes black.
+        values = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        scale = 255.0 if values.size and values.min() >= 0 and values.max() <= 1 else 1.0
+        image = Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8))
+    return image.convert("RGB")
+
+
+def _resize_and_crop(image: Image.Image, source_size: tuple[int, int], spec: PreprocessSpec) -> np.ndarray:
+    """Resize with spec.resample, then centre-crop with transformers' offsets (zero padding where
+    the image is smaller). The resize size comes from `source_size`, as transformers computes it
+    on the image before any DCT downscale. Returns uint8 HWC."""
+    res_w, res_h = _resize_size(*source_size, image.size, spec)
+    if spec.crop_height is None or spec.crop_width is None:
+        return np.asarray(_resize(image, (res_w, res_h), spec.resample))
+    crop_w, crop_h = spec.crop_width, spec.crop_height
+    left, top = (res_w - crop_w) // 2, (res_h - crop_h) // 2
+    if res_w * res_h > _MAX_FULL_RESIZE_PIXELS and left >= 0 and top >= 0:
+        # Resize only the source region that the crop keeps: same filter centres and support,
+        # without materialising a huge intermediate image.
+        sx, sy = image.width / res_w, image.height / res_h
+        box = (left * sx, top * sy, (left + crop_w) * sx, (top + crop_h) * sy)
+        return np.asarray(image.resize((crop_w, crop_h), spec.resample, box=box))
+    resized = _resize(image, (res_w, res_h), spec.resample)
+    return np.asarray(resized.crop((left, top, left + crop_w, top + crop_h)))
+
+
+def _resize_size(src_w: int, src_h: int, current: tuple[int, int], spec: PreprocessSpec) -> tuple[int, int]:
+    """(width, height) after the resize step; `current` is the decoded size ("none" keeps it)."""
+    if spec.resize == "fixed":
+        return spec.resize_width, spec.resize_height
+    if spec.resize == "none":
+        return current
+    # transformers' get_resize_output_image_size(default_to_square=False), without max_size.
+    edge = spec.shortest_edge
+    if src_w <= src_h:
+        return edge, int(edge * src_h / src_w)
+    return int(edge * src_w / src_h), edge
+
+
+def _resize(image: Image.Image, size: tuple[int, int], resample: int) -> Image.Image:
+    return image if image.size == size else image.resize(size, resample)
+
+
+def _value_table(spec: PreprocessSpec) -> np.ndarray:
+    """(3, 256) float32: the model input for each 8-bit value per channel, computed with the same
+    dtypes as transformers (rescale in float64 then float32; normalise in float32)."""
+    values = np.arange(256, dtype=np.float64)
+    if spec.do_rescale:
+        values = values * spec.rescale_factor
+    table = np.repeat(values.astype(np.float32)[None, :], 3, axis=0)
+    if spec.do_normalize:
+        mean = np.asarray(spec.image_mean, dtype=np.float32)[:, None]
+        std = np.asarray(spec.image_std, dtype=np.float32)[:, None]
+        table = (table - mean) / std
+    return table

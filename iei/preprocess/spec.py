@@ -1,0 +1,203 @@
+"""`PreprocessSpec`: everything a preprocessing worker needs to turn image bytes into the model's
+pixel tensor, as plain msgspec data (it is msgpack-encoded and sent to worker processes).
+
+It is read once, at startup, from the model's Hugging Face *slow* image processor
+(`spec_from_processor`, `load_spec`), reproducing exactly what that processor does:
+
+    resize ("fixed" to H×W, or "shortest_edge" keeping the aspect ratio) → optional centre crop
+    → optional rescale (×rescale_factor) → optional normalise ((x - mean) / std) → float32 CHW
+
+This module imports neither PIL nor transformers at import time: workers import it too.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+# 50 megapixels: above the 48-50 MP sensors of current phones, below what makes one decode a
+# memory hazard (50 MP RGB is 150 MB). Pillow's own bomb check rejects > 2 x 89.5 MP regardless.
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+
+# Processor classes whose preprocess is fully described by the spec, by family. Matched on the
+# class and its bases by name, so deprecated `*FeatureExtractor` subclasses work too.
+_FIXED_ONLY = ("ViTImageProcessor", "SiglipImageProcessor")
+_FIXED_THEN_CROP = ("DeiTImageProcessor", "BeitImageProcessor")
+_RESIZE_THEN_CROP = ("CLIPImageProcessor", "BitImageProcessor")
+_CONVNEXT = ("ConvNextImageProcessor",)
+_SUPPORTED = _FIXED_ONLY + _FIXED_THEN_CROP + _RESIZE_THEN_CROP + _CONVNEXT
+
+# Settings that change the output in ways the spec cannot express; truthy means unsupported.
+_UNSUPPORTED_FLAGS = ("do_pad", "do_color_quantize", "do_flip_channel_order", "do_thumbnail")
+
+
+class PreprocessSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """How to turn one image into a float32 tensor of shape (3, output_height, output_width).
+
+    resize: "fixed" warps to (resize_height, resize_width); "shortest_edge" scales the shorter
+        side to `shortest_edge` and the longer to int(shortest_edge * long / short), as
+        transformers' `get_resize_output_image_size(default_to_square=False)`; "none" keeps size.
+    resample: a PIL filter number (0 nearest, 2 bilinear, 3 bicubic, 1 lanczos, ...).
+    crop_height / crop_width: centre crop after the resize (zero-padded if the image is smaller),
+        or None for no crop.
+    draft: allow the JPEG decoder to downscale in the DCT domain (faster; not bit-exact).
+    max_image_pixels: images whose header declares more pixels are rejected before decoding.
+    """
+
+    resize: Literal["fixed", "shortest_edge", "none"]
+    resample: int
+    output_height: int
+    output_width: int
+    resize_height: int | None = None
+    resize_width: int | None = None
+    shortest_edge: int | None = None
+    crop_height: int | None = None
+    crop_width: int | None = None
+    do_rescale: bool = True
+    rescale_factor: float = 1 / 255
+    do_normalize: bool = True
+    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    draft: bool = True
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+
+
+def make_spec(
+    *,
+    resize: Literal["fixed", "shortest_edge", "none"],
+    resample: int,
+    resize_height: int | None = None,
+    resize_width: int | None = None,
+    shortest_edge: int | None = None,
+    crop_height: int | None = None,
+    crop_width: int | None = None,
+    **rest: Any,
+) -> PreprocessSpec:
+    """Build a spec, deriving and checking the output size. Raises ValueError when the output
+    size would depend on the image (a shortest-edge or no resize without a crop)."""
+    if resize == "fixed" and not (resize_height and resize_width):
+        raise ValueError("a fixed resize needs resize_height and resize_width")
+    if resize == "shortest_edge" and not shortest_edge:
+        raise ValueError("a shortest-edge resize needs shortest_edge")
+    if (crop_height is None) != (crop_width is None):
+        raise ValueError("crop_height and crop_width go together")
+    if crop_height is not None and crop_width is not None:
+        out_h, out_w = crop_height, crop_width
+    elif resize == "fixed":
+        out_h, out_w = resize_height, resize_width
+    else:
+        # Batching needs one tensor shape for every image.
+        raise ValueError(f"resize={resize!r} without a centre crop gives a size that varies per image")
+    return PreprocessSpec(
+        resize=resize,
+        resample=int(resample),
+        resize_height=resize_height,
+        resize_width=resize_width,
+        shortest_edge=shortest_edge,
+        crop_height=crop_height,
+        crop_width=crop_width,
+        output_height=int(out_h),
+        output_width=int(out_w),
+        **rest,
+    )
+
+
+def spec_from_processor(
+    processor: Any, *, draft: bool = True, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> PreprocessSpec:
+    """Read a transformers *slow* image processor's resolved attributes into a spec.
+
+    Supports ViT (also Swin), DeiT, BEiT, ConvNeXt, CLIP, SigLIP and Bit (also DINOv2) image
+    processors. Raises ValueError naming the processor class for any other class or setting.
+    """
+    name = type(processor).__name__
+    family = next(
+        (base.__name__ for base in type(processor).__mro__ if base.__name__ in _SUPPORTED), None
+    )
+    if family is None:
+        raise ValueError(
+            f"unsupported image processor {name}; supported: {', '.join(_SUPPORTED)}"
+        )
+    for flag in _UNSUPPORTED_FLAGS:
+        if getattr(processor, flag, False):
+            raise ValueError(f"{name} with {flag}=True is not supported")
+    common = dict(
+        do_rescale=bool(processor.do_rescale),
+        rescale_factor=float(processor.rescale_factor),
+        do_normalize=bool(processor.do_normalize),
+        image_mean=_triple(processor.image_mean, name, "image_mean"),
+        image_std=_triple(processor.image_std, name, "image_std"),
+        draft=draft,
+        max_image_pixels=max_image_pixels,
+    )
+    resample = int(processor.resample)
+    if family in _CONVNEXT:
+        return _convnext_spec(processor, name, resample, common)
+    geometry = _resize_geometry(processor, name) if processor.do_resize else {"resize": "none"}
+    if family in _FIXED_ONLY:
+        if geometry["resize"] != "fixed":
+            raise ValueError(f"{name} needs size with height and width, got {processor.size}")
+    elif processor.do_center_crop:
+        crop = processor.crop_size
+        if "height" not in crop or "width" not in crop:
+            raise ValueError(f"{name} crop_size needs height and width, got {crop}")
+        geometry.update(crop_height=int(crop["height"]), crop_width=int(crop["width"]))
+    try:
+        return make_spec(resample=resample, **geometry, **common)
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from e
+
+
+def load_spec(
+    model: str,
+    revision: str | None = None,
+    *,
+    draft: bool = True,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> PreprocessSpec:
+    """Load the slow image processor of `model` (hub id, using the local cache when offline,
+    or a local folder) and return its spec. Raises ValueError for unsupported processors."""
+    from transformers import AutoImageProcessor  # heavy; only the loading process needs it
+
+    processor = AutoImageProcessor.from_pretrained(model, revision=revision, use_fast=False)
+    return spec_from_processor(processor, draft=draft, max_image_pixels=max_image_pixels)
+
+
+def _resize_geometry(processor: Any, name: str) -> dict[str, Any]:
+    size = processor.size
+    if "height" in size and "width" in size:
+        return {"resize": "fixed", "resize_height": int(size["height"]), "resize_width": int(size["width"])}
+    if "shortest_edge" in size and len(size) == 1:
+        return {"resize": "shortest_edge", "shortest_edge": int(size["shortest_edge"])}
+    raise ValueError(f"{name} size {size} is not supported (need height+width or shortest_edge alone)")
+
+
+def _convnext_spec(processor: Any, name: str, resample: int, common: dict) -> PreprocessSpec:
+    """ConvNeXt: below 384, resize the shortest edge to int(edge / crop_pct) and centre-crop
+    edge x edge; from 384 up, warp to edge x edge (no crop)."""
+    size = processor.size
+    if "shortest_edge" not in size:
+        raise ValueError(f"{name} size needs shortest_edge, got {size}")
+    edge = int(size["shortest_edge"])
+    if not processor.do_resize:
+        raise ValueError(f"{name} with do_resize=False gives a size that varies per image")
+    if edge < 384:
+        return make_spec(
+            resize="shortest_edge",
+            shortest_edge=int(edge / processor.crop_pct),
+            crop_height=edge,
+            crop_width=edge,
+            resample=resample,
+            **common,
+        )
+    return make_spec(resize="fixed", resize_height=edge, resize_width=edge, resample=resample, **common)
+
+
+def _triple(value: Any, name: str, field: str) -> tuple[float, float, float]:
+    if isinstance(value, (int, float)):
+        return (float(value),) * 3
+    values = tuple(float(v) for v in value)
+    if len(values) != 3:
+        raise ValueError(f"{name} {field} must have 3 values (RGB), got {len(values)}")
+    return values  # type: ignore[return-value]
