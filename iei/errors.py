@@ -44,6 +44,10 @@ class UnsupportedMediaType(IEIError):
     error_type = "UnsupportedMediaType"
 
 
+class Unauthorized(IEIError):
+    error_type = "Unauthorized"
+
+
 class Overloaded(IEIError):
     error_type = "Overloaded"
 

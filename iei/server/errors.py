@@ -43,7 +43,9 @@ class HTTPError:
     @classmethod
     def from_error(cls, error: IEIError) -> "HTTPError":
         retry_after = getattr(error, "retry_after_s", None)
-        headers = {"retry-after": str(retry_after)} if retry_after is not None else None
+        headers = {"retry-after": str(retry_after)} if retry_after is not None else {}
+        if error.error_type == "Unauthorized":
+            headers["www-authenticate"] = "Bearer"
         return cls(error.error_type, error.message, headers)
 
     def tei_body(self) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hmac
 import itertools
 import logging
 import os
@@ -18,7 +19,7 @@ from litestar.handlers import HTTPRouteHandler
 
 from iei import __version__
 from iei.engine import EmbeddingEngine, EmbedResult, ImagePayload
-from iei.errors import IEIError, Unhealthy, UnsupportedMediaType
+from iei.errors import IEIError, Unauthorized, Unhealthy, UnsupportedMediaType
 from iei.server.errors import ERROR_TYPE_BY_STATUS, HTTPError
 from iei.server.inputs import INPUT_FORMATS, as_list, decode_json, read_embed_inputs, media_type, is_json
 from iei.server.schemas import (
@@ -44,6 +45,15 @@ class AppState:
 
     def next_request_id(self) -> str:
         return f"{self._id_prefix}-{next(self._ids)}"
+
+    def check_api_key(self, request: Request) -> None:
+        expected = self.settings.api_key
+        if expected is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+            raise Unauthorized("missing or wrong API key: send `Authorization: Bearer <key>`")
 
     def require_engine(self) -> EmbeddingEngine:
         if self.engine is None:
@@ -108,14 +118,16 @@ Renderer = Callable[[EmbedResult], bytes]
 
 
 async def _serve(state: AppState, request: Request, route: str, read: Reader, render: Renderer,
-                 render_error: Callable[[HTTPError], bytes]) -> Response:
+                 render_error: Callable[[HTTPError], bytes], field: str = "inputs") -> Response:
     start = time.perf_counter()
     request_id = request.headers.get("x-request-id") or state.next_request_id()
     result = None
     try:
+        state.check_api_key(request)
         engine = state.require_engine()
         images, normalize, dimensions = await read(request)
-        result = await _unless_disconnected(request, engine.embed(images, normalize=normalize, dimensions=dimensions))
+        result = await _unless_disconnected(request, engine.embed(images, normalize=normalize, dimensions=dimensions,
+                                                                  field=field))
         status, body, headers, outcome = 200, render(result), {}, "success"
     except ClientGone:
         status, body, headers, outcome = 499, b"", {}, "ClientGone"
@@ -186,7 +198,7 @@ def build_route_handlers(state: AppState) -> list[HTTPRouteHandler]:
         def render(result: EmbedResult) -> bytes:
             return _render_openai(settings.model_name, encoding[0], result)
 
-        return await _serve(state, request, "/v1/embeddings", read, render, HTTPError.openai_body)
+        return await _serve(state, request, "/v1/embeddings", read, render, HTTPError.openai_body, field="input")
 
     @get("/health", summary="Readiness: 200 once the model answers, else 503")
     async def health() -> Response:
