@@ -1,0 +1,254 @@
+"""The PyTorch runtime: a transformers vision model plus its pooling (`backends.pooling`).
+
+Driven from the batcher's model thread only; never called concurrently.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from backends.base import BackendConfig, BackendError, ModelInfo
+from backends.pooling import EmbeddingModel, PoolingError, model_kwargs, resolve_pooling
+
+logger = logging.getLogger("iei.backends")
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_CPU_WARMUP_CAP = 8  # keep start-up quick on CPU; bigger batches do not get faster there anyway
+_DUMMY_SEED = 0  # dummy weights are the same in every process, so backends can be compared
+
+
+def _short(e: BaseException, limit: int = 300) -> str:
+    """One line of an exception's text, for messages a client or operator reads (no traceback)."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError):
+        raise BackendError(f"unknown device {requested!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BackendError(f"device {requested!r} requested but CUDA is not available on this machine (torch {torch.__version__})")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise BackendError(f"device {requested!r} requested but only {torch.cuda.device_count()} CUDA device(s) are visible")
+    elif device.type != "cpu":
+        raise BackendError(f"unsupported device {requested!r}; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def _resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """auto: float16 on CUDA, float32 on CPU. float16 on CPU is refused (slow and lossy there);
+    bfloat16 on CPU is allowed."""
+    if requested == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if requested not in _DTYPES:
+        raise BackendError(f"unknown dtype {requested!r}; use auto, float32, float16 or bfloat16")
+    if requested == "float16" and device.type == "cpu":
+        raise BackendError("dtype float16 is not supported on CPU; use float32 (or bfloat16)")
+    return _DTYPES[requested]
+
+
+def _image_size(config: Any) -> tuple[int, int]:
+    size = config.image_size
+    if isinstance(size, int):
+        return (size, size)
+    h, w = size
+    return (int(h), int(w))
+
+
+def _check_vision_config(config: Any, model_id: str) -> None:
+    if getattr(config, "image_size", None) is None or getattr(config, "num_channels", None) is None:
+        raise BackendError(
+            f"{model_id!r} is not a supported image model (model type {getattr(config, 'model_type', '?')!r} "
+            "has no image_size/num_channels in its config)"
+        )
+
+
+class TorchBackend:
+    """A loaded transformers vision model. Build with `load_torch_backend`.
+
+    All methods run on the model thread and block. `torch.set_num_threads` is process-wide: it is
+    called only when `config.num_threads > 0`; otherwise torch uses all cores.
+    """
+
+    def __init__(self, embedder: EmbeddingModel, info: ModelInfo, device: torch.device, dtype: torch.dtype,
+                 num_channels: int, max_batch_size: int) -> None:
+        self._embedder = embedder  # owned by the model thread
+        self._device = device
+        self._dtype = dtype
+        self._num_channels = num_channels
+        self._max_batch_size = max_batch_size
+        self.info = info
+
+    def _forward(self, pixels: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(pixels)  # shares memory with the caller's array
+        x = x.to(device=self._device, dtype=self._dtype, non_blocking=True)
+        with torch.inference_mode():
+            y = self._embedder(x)
+        return y.to(device="cpu", dtype=torch.float32).numpy()
+
+    def embed_images(self, pixels: np.ndarray) -> np.ndarray:
+        """float32 (B, C, H, W) -> float32 (B, D), pooled, not L2-normalised. Raises BackendError."""
+        h, w = self.info.image_size
+        if not isinstance(pixels, np.ndarray) or pixels.ndim != 4 or pixels.shape[1:] != (self._num_channels, h, w):
+            got = getattr(pixels, "shape", type(pixels).__name__)
+            raise BackendError(f"expected pixels of shape (B, {self._num_channels}, {h}, {w}), got {got}")
+        if pixels.dtype != np.float32:
+            raise BackendError(f"expected float32 pixels, got {pixels.dtype}")
+        n = pixels.shape[0]
+        if self._embedder is None:
+            raise BackendError("the model has been closed")
+        try:
+            return self._forward(pixels)
+        except torch.cuda.OutOfMemoryError as e:
+            raise BackendError(f"model failed on a batch of {n} images: out of GPU memory") from e
+        except Exception as e:
+            raise BackendError(f"model failed on a batch of {n} images: {type(e).__name__}: {_short(e, 200)}") from e
+
+    def warmup(self) -> None:
+        """Run zeros at batch 1 and at the largest batch (capped at 8 on CPU)."""
+        h, w = self.info.image_size
+        largest = self._max_batch_size if self._device.type == "cuda" else min(self._max_batch_size, _CPU_WARMUP_CAP)
+        for batch in sorted({1, max(1, largest)}):
+            self.embed_images(np.zeros((batch, self._num_channels, h, w), dtype=np.float32))
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
+
+    def close(self) -> None:
+        self._embedder = None  # type: ignore[assignment]
+        if self._device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _load_auto(config: BackendConfig, pooling_request: str | None) -> tuple[Any, str, str | None]:
+    """from_pretrained (hub id through the HF cache, or a local folder). Returns (model, pooling, sha)."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel
+
+    name = config.model
+    if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
+        raise BackendError(f"could not load model {name!r}: the folder does not exist")
+    try:
+        hf_config = AutoConfig.from_pretrained(name, revision=config.revision)
+    except Exception as e:
+        at = f" at revision {config.revision!r}" if config.revision else ""
+        raise BackendError(f"could not load model {name!r}{at}: {_short(e)}") from e
+    _check_vision_config(hf_config, name)
+    pooling = _pick_pooling(hf_config, pooling_request)
+    try:
+        AutoImageProcessor.from_pretrained(name, revision=config.revision, use_fast=False)
+    except Exception as e:
+        raise BackendError(f"model {name!r} has no usable image processor (preprocessor_config.json): {_short(e)}") from e
+    try:
+        model, loading = AutoModel.from_pretrained(
+            name, config=hf_config, revision=config.revision, output_loading_info=True,
+            **model_kwargs(hf_config.model_type, pooling, _model_class(hf_config)),
+        )
+    except Exception as e:
+        raise BackendError(f"could not load weights of model {name!r}: {_short(e)}") from e
+    missing = list(loading.get("missing_keys", []))
+    if missing:
+        hint = "; pooler weights are not in this checkpoint, use pooling 'mean' or 'cls'" if all("pooler" in k for k in missing) else ""
+        raise BackendError(f"model {name!r}: {len(missing)} weights missing from the checkpoint (e.g. {missing[0]}){hint}")
+    return model, pooling, getattr(hf_config, "_commit_hash", None)
+
+
+def _load_dummy(config: BackendConfig, pooling_request: str | None) -> tuple[Any, str, None]:
+    """from_config with random weights (seeded, so every process builds the same model)."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel
+
+    if not config.config_dir:
+        raise BackendError(f"load_format 'dummy' for {config.model!r} needs a config_dir holding config.json")
+    try:
+        hf_config = AutoConfig.from_pretrained(config.config_dir)
+    except Exception as e:
+        raise BackendError(f"could not read the config of {config.model!r} from {config.config_dir}: {_short(e)}") from e
+    _check_vision_config(hf_config, config.model)
+    pooling = _pick_pooling(hf_config, pooling_request)
+    try:
+        AutoImageProcessor.from_pretrained(config.config_dir, use_fast=False)
+    except Exception as e:
+        raise BackendError(f"{config.config_dir} has no usable image processor (preprocessor_config.json): {_short(e)}") from e
+    logger.warning(
+        "!!! RANDOM WEIGHTS: load_format=dummy builds %r from its config only; embeddings are meaningless "
+        "(for tests and benchmarks, never for real use) !!!", config.model,
+    )
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_DUMMY_SEED)
+            model = AutoModel.from_config(hf_config, **model_kwargs(hf_config.model_type, pooling, _model_class(hf_config)))
+    except Exception as e:
+        raise BackendError(f"could not build model {config.model!r} from its config: {_short(e)}") from e
+    return model, pooling, None
+
+
+def _model_class(hf_config: Any) -> type | None:
+    from transformers import AutoModel
+
+    try:
+        return AutoModel._model_mapping[type(hf_config)]
+    except (KeyError, AttributeError):  # unknown to AutoModel (or a transformers without this private map)
+        return None
+
+
+def _pick_pooling(hf_config: Any, requested: str | None) -> str:
+    try:
+        return resolve_pooling(hf_config.model_type, requested, _model_class(hf_config))
+    except PoolingError as e:
+        raise BackendError(str(e)) from None
+
+
+def load_torch_backend(config: BackendConfig) -> TorchBackend:
+    """Load, place and dry-run the model described by `config` (blocking; seconds to minutes).
+    Raises BackendError with a message naming the model and what went wrong."""
+    device = _resolve_device(config.device)
+    dtype = _resolve_dtype(config.dtype, device)
+    if config.num_threads > 0:
+        torch.set_num_threads(config.num_threads)
+    if config.load_format == "dummy":
+        model, pooling, sha = _load_dummy(config, config.pooling)
+    elif config.load_format == "auto":
+        model, pooling, sha = _load_auto(config, config.pooling)
+    else:
+        raise BackendError(f"unknown load_format {config.load_format!r}; use auto or dummy")
+    hf_config = model.config
+    try:
+        model = model.to(device=device, dtype=dtype).eval()
+        embedder = EmbeddingModel(model, pooling).eval()
+    except (PoolingError, RuntimeError) as e:
+        raise BackendError(f"could not prepare model {config.model!r} on {device}: {_short(e)}") from e
+
+    image_size = _image_size(hf_config)
+    num_channels = int(hf_config.num_channels)
+    # The embedding width is whatever the pooled output has: one dry run, no per-family arithmetic.
+    probe = torch.zeros((1, num_channels, *image_size), device=device, dtype=dtype)
+    try:
+        with torch.inference_mode():
+            embedding_dim = int(embedder(probe).shape[-1])
+    except Exception as e:
+        raise BackendError(f"model {config.model!r} failed its first forward pass: {type(e).__name__}: {_short(e, 200)}") from e
+
+    device_name = str(device) if device.type == "cpu" or device.index is not None else f"cuda:{torch.cuda.current_device()}"
+    info = ModelInfo(
+        model_id=config.model,
+        model_sha=sha,
+        model_type=hf_config.model_type,
+        backend="torch",
+        device=device_name,
+        dtype=str(dtype).removeprefix("torch."),
+        pooling=pooling,
+        embedding_dim=embedding_dim,
+        image_size=image_size,
+        random_weights=config.load_format == "dummy",
+    )
+    logger.info("loaded %s (%s, %s, %s, pooling=%s, dim=%d)", config.model, info.model_type, info.device, info.dtype, pooling, embedding_dim)
+    return TorchBackend(embedder, info, device, dtype, num_channels, config.max_batch_size)
+

@@ -1,0 +1,117 @@
+"""Which files a model name stands for: a local folder, a hub id, or (for random-weight "dummy"
+loading without the hub) the bundled catalog of the original server's model configs.
+
+No torch here. Runs once at start-up, before the backend loads; may touch the local disk and the
+Hugging Face cache, never the network.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+CATALOG_DIR = Path(__file__).resolve().parent / "catalog"
+_REQUIRED_FILES = ("config.json", "preprocessor_config.json")
+
+
+class ModelNotFound(Exception):
+    """The model name does not lead to a usable config. The message says where we looked."""
+
+
+class ModelSource(msgspec.Struct, frozen=True, kw_only=True):
+    """Where the model's files come from.
+
+    `model_id` is the name as the user gave it (reported in /info). For `load_format="dummy"`,
+    `config_dir` is a local folder holding config.json and preprocessor_config.json (random weights
+    are built from it); for "auto" it is None and the backend's `from_pretrained` does the loading.
+    """
+
+    model_id: str
+    revision: str | None = None
+    load_format: Literal["auto", "dummy"] = "auto"
+    config_dir: str | None = None
+
+    @property
+    def processor_source(self) -> str:
+        """What to pass to `AutoImageProcessor.from_pretrained` (with `revision`)."""
+        return self.config_dir if self.config_dir is not None else self.model_id
+
+
+def catalog_ids() -> list[str]:
+    """Hub ids of the bundled configs, e.g. "google/vit-base-patch16-224"."""
+    if not CATALOG_DIR.is_dir():
+        return []
+    return sorted(d.name.replace("--", "/", 1) for d in CATALOG_DIR.iterdir() if (d / "config.json").is_file())
+
+
+def catalog_dir(model_id: str) -> Path | None:
+    """The bundled folder for a hub id, or None."""
+    if model_id.count("/") != 1:
+        return None
+    folder = CATALOG_DIR / model_id.replace("/", "--")
+    return folder if (folder / "config.json").is_file() else None
+
+
+def _missing_files(folder: Path) -> list[str]:
+    return [name for name in _REQUIRED_FILES if not (folder / name).is_file()]
+
+
+def _cached_config_dir(model_id: str, revision: str | None) -> Path | None:
+    """The HF-cache snapshot folder holding this repo's config files, or None (never downloads)."""
+    if model_id.count("/") > 1:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(model_id, "config.json", revision=revision)
+    except ValueError:  # HFValidationError: a malformed repo id is simply not in the cache
+        return None
+    if not isinstance(found, str):  # None (unknown) or _CACHED_NO_EXIST
+        return None
+    folder = Path(found).parent
+    pre = try_to_load_from_cache(model_id, "preprocessor_config.json", revision=revision)
+    if not isinstance(pre, str) or Path(pre).parent != folder:
+        return None
+    return folder
+
+
+def _looks_like_path(model: str) -> bool:
+    return model.startswith(("/", "./", "../", "~")) or model.count("/") > 1 or model in (".", "..")
+
+
+def resolve_model(model: str, revision: str | None = None, load_format: str = "auto") -> ModelSource:
+    """Turn a model name into a ModelSource. Raises ModelNotFound (and ValueError for an unknown
+    load_format).
+
+    dummy: a local folder, else the bundled catalog entry, else config files already in the local
+    HF cache (honours HF_HOME / HF_HUB_CACHE; never downloads).
+    auto: a local folder or a hub id, passed through; the backend loads it (cache, HF_HUB_OFFLINE).
+    """
+    if load_format not in ("auto", "dummy"):
+        raise ValueError(f"unknown load_format {load_format!r}; choose 'auto' or 'dummy'")
+    local = Path(model).expanduser()
+    if local.is_dir():
+        if load_format == "dummy":
+            missing = _missing_files(local)
+            if missing:
+                raise ModelNotFound(f"model folder {model!r} lacks {', '.join(missing)}")
+            return ModelSource(model_id=model, revision=revision, load_format="dummy", config_dir=str(local.resolve()))
+        return ModelSource(model_id=model, revision=revision, load_format="auto", config_dir=None)
+    if _looks_like_path(model):
+        raise ModelNotFound(f"model folder {model!r} does not exist")
+    if load_format == "auto":
+        return ModelSource(model_id=model, revision=revision, load_format="auto", config_dir=None)
+
+    bundled = catalog_dir(model)
+    if bundled is not None:
+        return ModelSource(model_id=model, revision=revision, load_format="dummy", config_dir=str(bundled))
+    cached = _cached_config_dir(model, revision)
+    if cached is not None:
+        return ModelSource(model_id=model, revision=revision, load_format="dummy", config_dir=str(cached))
+    raise ModelNotFound(
+        f"no config for {model!r} to build random weights from: it is not a local folder, not in the "
+        f"bundled catalog ({', '.join(catalog_ids())}), and config.json + preprocessor_config.json "
+        "are not in the local Hugging Face cache"
+    )

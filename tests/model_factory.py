@@ -1,0 +1,62 @@
+"""Tiny random-weight models of each family the original server listed, saved as a real
+`from_pretrained` folder (config.json, model.safetensors, preprocessor_config.json).
+
+The preprocessing settings are copied from the bundled catalog entry of the family's reference
+model, so a tiny model is preprocessed exactly like the full-size one. Weights are seeded: the same
+family always gives the same model. Each build takes a few tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import BeitConfig, BeitModel, ConvNextConfig, ConvNextModel, SwinConfig, SwinModel, ViTConfig, ViTModel
+
+from iei.models import catalog_dir
+
+# family -> the catalog model whose preprocessing (and architecture) it mimics
+REFERENCE_MODEL = {
+    "vit": "google/vit-base-patch16-224",
+    "deit": "facebook/deit-base-patch16-224",  # a ViT config with DeiT preprocessing, as on the hub
+    "beit": "microsoft/beit-base-patch16-224",
+    "swin": "microsoft/swin-tiny-patch4-window7-224",
+    "convnext": "facebook/convnext-tiny-224",
+}
+FAMILIES = tuple(REFERENCE_MODEL)
+
+# embedding width of each tiny family (mean pooling)
+TINY_EMBEDDING_DIM = {"vit": 32, "deit": 32, "beit": 32, "swin": 32, "convnext": 32}
+
+_TRANSFORMER = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "image_size": 224, "patch_size": 32}
+
+
+def _build(family: str) -> torch.nn.Module:
+    # Saved WITH the pooling layer so `pooler` pooling has trained-looking weights to load;
+    # loading with add_pooling_layer=False simply ignores them.
+    if family in ("vit", "deit"):
+        return ViTModel(ViTConfig(**_TRANSFORMER))
+    if family == "beit":
+        config = BeitConfig(**_TRANSFORMER, use_mean_pooling=True, use_relative_position_bias=True,
+                            use_absolute_position_embeddings=False, layer_scale_init_value=0.1, vocab_size=64)
+        return BeitModel(config)
+    if family == "swin":
+        config = SwinConfig(image_size=224, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=7)
+        return SwinModel(config)
+    if family == "convnext":
+        config = ConvNextConfig(image_size=224, patch_size=4, num_stages=2, hidden_sizes=[16, 32], depths=[1, 1])
+        return ConvNextModel(config)
+    raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
+
+
+def make_tiny_model(family: str, root: Path) -> Path:
+    """Build the tiny `family` model ("vit", "deit", "beit", "swin", "convnext") into
+    `root/<family>` and return that folder (ready for `from_pretrained` and AutoImageProcessor)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1234)
+        model = _build(family).eval()
+    folder = Path(root) / family
+    model.save_pretrained(folder)
+    shutil.copyfile(catalog_dir(REFERENCE_MODEL[family]) / "preprocessor_config.json", folder / "preprocessor_config.json")
+    return folder

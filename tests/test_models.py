@@ -1,0 +1,151 @@
+"""Model resolution (`iei.models`): catalog, local folders, the HF cache, and clear failures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import huggingface_hub.constants
+import pytest
+from transformers import AutoConfig, AutoImageProcessor
+
+from iei.models import CATALOG_DIR, ModelNotFound, ModelSource, catalog_ids, resolve_model
+
+ORIGINAL_MODELS = [
+    "google/vit-base-patch16-224",
+    "facebook/deit-base-patch16-224",
+    "microsoft/beit-base-patch16-224",
+    "facebook/convnext-tiny-224",
+    "facebook/convnext-base-224",
+    "microsoft/swin-tiny-patch4-window7-224",
+    "microsoft/swin-base-patch4-window7-224",
+    "nateraw/vit-base-beans",
+]
+
+
+def _write_model_files(folder: Path, model_id: str = "google/vit-base-patch16-224") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "preprocessor_config.json"):
+        (folder / name).write_bytes((CATALOG_DIR / model_id.replace("/", "--") / name).read_bytes())
+    return folder
+
+
+def test_catalog_holds_the_original_servers_models():
+    assert catalog_ids() == sorted(ORIGINAL_MODELS)
+
+
+def test_dummy_resolves_a_catalog_id():
+    source = resolve_model("facebook/convnext-tiny-224", None, "dummy")
+    assert source == ModelSource(model_id="facebook/convnext-tiny-224", load_format="dummy",
+                                 config_dir=str(CATALOG_DIR / "facebook--convnext-tiny-224"))
+    assert source.processor_source == source.config_dir
+    assert (Path(source.config_dir) / "preprocessor_config.json").is_file()
+
+
+def test_auto_passes_a_hub_id_through():
+    source = resolve_model("google/vit-base-patch16-224", "main", "auto")
+    assert source.config_dir is None
+    assert source.revision == "main"
+    assert source.processor_source == "google/vit-base-patch16-224"
+
+
+@pytest.mark.parametrize("load_format", ["auto", "dummy"])
+def test_local_folder(tmp_path, load_format):
+    folder = _write_model_files(tmp_path / "my-model")
+    source = resolve_model(str(folder), None, load_format)
+    assert source.model_id == str(folder)
+    assert source.load_format == load_format
+    if load_format == "dummy":
+        assert source.config_dir == str(folder.resolve())
+        assert source.processor_source == str(folder.resolve())
+    else:
+        assert source.config_dir is None
+        assert source.processor_source == str(folder)
+
+
+def test_dummy_local_folder_without_processor_config(tmp_path):
+    folder = _write_model_files(tmp_path / "m")
+    (folder / "preprocessor_config.json").unlink()
+    with pytest.raises(ModelNotFound, match="lacks preprocessor_config.json"):
+        resolve_model(str(folder), None, "dummy")
+
+
+@pytest.mark.parametrize("load_format", ["auto", "dummy"])
+def test_missing_local_folder(tmp_path, load_format):
+    with pytest.raises(ModelNotFound, match="does not exist"):
+        resolve_model(str(tmp_path / "nope"), None, load_format)
+
+
+def _fake_hf_cache(hub_dir: Path, repo_id: str, commit: str = "0123456789abcdef0123456789abcdef01234567") -> Path:
+    repo = hub_dir / ("models--" + repo_id.replace("/", "--"))
+    snapshot = _write_model_files(repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def test_dummy_finds_config_in_the_hf_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    snapshot = _fake_hf_cache(tmp_path / "hub", "someorg/vit-finetune")
+    source = resolve_model("someorg/vit-finetune", None, "dummy")
+    assert source.config_dir == str(snapshot)
+    assert source.processor_source == str(snapshot)
+
+
+def test_dummy_unknown_id_lists_the_catalog(tmp_path, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ModelNotFound) as info:
+        resolve_model("nobody/no-such-model", None, "dummy")
+    message = str(info.value)
+    assert "nobody/no-such-model" in message
+    assert all(model_id in message for model_id in ORIGINAL_MODELS)
+
+
+def test_unknown_load_format():
+    with pytest.raises(ValueError, match="load_format"):
+        resolve_model("google/vit-base-patch16-224", None, "pt")
+
+
+def test_models_module_does_not_import_torch():
+    code = "import sys, iei.models; iei.models.resolve_model('google/vit-base-patch16-224', None, 'dummy'); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1])
+    assert out.stdout.strip() == "False"
+
+
+# Hub facts the catalog must reproduce: (config fields, processor fields).
+CATALOG_FACTS = {
+    "google/vit-base-patch16-224": ({"model_type": "vit", "hidden_size": 768, "patch_size": 16},
+                                    {"resample": 2, "image_mean": [0.5] * 3, "size": {"height": 224, "width": 224}}),
+    "facebook/deit-base-patch16-224": ({"model_type": "vit", "hidden_size": 768},
+                                       {"resample": 3, "do_center_crop": True, "size": {"height": 256, "width": 256},
+                                        "crop_size": {"height": 224, "width": 224}, "image_mean": [0.485, 0.456, 0.406]}),
+    "microsoft/beit-base-patch16-224": ({"model_type": "beit", "use_mean_pooling": True, "use_relative_position_bias": True,
+                                         "layer_scale_init_value": 0.1, "vocab_size": 8192},
+                                        {"resample": 2, "do_center_crop": False, "image_std": [0.5] * 3}),
+    "facebook/convnext-tiny-224": ({"model_type": "convnext", "depths": [3, 3, 9, 3], "hidden_sizes": [96, 192, 384, 768]},
+                                   {"resample": 3, "crop_pct": 0.875, "size": {"shortest_edge": 224}}),
+    "facebook/convnext-base-224": ({"model_type": "convnext", "depths": [3, 3, 27, 3], "hidden_sizes": [128, 256, 512, 1024]},
+                                   {"resample": 3, "crop_pct": 0.875, "size": {"shortest_edge": 224}}),
+    "microsoft/swin-tiny-patch4-window7-224": ({"model_type": "swin", "embed_dim": 96, "depths": [2, 2, 6, 2],
+                                                "num_heads": [3, 6, 12, 24], "window_size": 7},
+                                               {"resample": 3, "image_mean": [0.485, 0.456, 0.406]}),
+    "microsoft/swin-base-patch4-window7-224": ({"model_type": "swin", "embed_dim": 128, "depths": [2, 2, 18, 2],
+                                                "num_heads": [4, 8, 16, 32], "window_size": 7},
+                                               {"resample": 3, "image_mean": [0.485, 0.456, 0.406]}),
+    "nateraw/vit-base-beans": ({"model_type": "vit", "num_labels": 3}, {"resample": 2, "image_mean": [0.5] * 3}),
+}
+
+
+@pytest.mark.parametrize("model_id", ORIGINAL_MODELS)
+def test_catalog_entry_loads_offline_with_hub_settings(model_id):
+    folder = CATALOG_DIR / model_id.replace("/", "--")
+    config = AutoConfig.from_pretrained(folder)
+    processor = AutoImageProcessor.from_pretrained(folder, use_fast=False)
+    config_facts, processor_facts = CATALOG_FACTS[model_id]
+    for key, value in config_facts.items():
+        assert getattr(config, key) == value, key
+    for key, value in processor_facts.items():
+        assert getattr(processor, key) == value, key
+    assert json.loads((folder / "config.json").read_text())["image_size"] == 224
