@@ -86,11 +86,12 @@ def prepare_image(data: bytes, spec: PreprocessSpec, out: np.ndarray | None = No
         raise InputError("empty image")
     image, source_size = _decode(data, spec)
     pixels = _resize_and_crop(image, source_size, spec)
-    lut = _value_table(spec)
-    for c in range(3):
-        # A uint8 -> float32 table per channel: bit-exact with transformers' rescale+normalise,
-        # and it writes CHW straight into `out` from the HWC pixels without temporaries.
-        np.take(lut[c], pixels[:, :, c], out=out[c])
+    scale, offset = _affine(spec)
+    # uint8 HWC -> float32 CHW in one strided cast, then x * scale + offset in place: two passes over
+    # `out` and no temporaries (several times faster than a per-channel lookup table).
+    np.copyto(out, pixels.transpose(2, 0, 1), casting="unsafe")
+    out *= scale
+    out += offset
     return out
 
 
@@ -212,15 +213,13 @@ def _resize(image: Image.Image, size: tuple[int, int], resample: int) -> Image.I
     return image if image.size == size else image.resize(size, resample)
 
 
-def _value_table(spec: PreprocessSpec) -> np.ndarray:
-    """(3, 256) float32: the model input for each 8-bit value per channel, computed with the same
-    dtypes as transformers (rescale in float64 then float32; normalise in float32)."""
-    values = np.arange(256, dtype=np.float64)
-    if spec.do_rescale:
-        values = values * spec.rescale_factor
-    table = np.repeat(values.astype(np.float32)[None, :], 3, axis=0)
-    if spec.do_normalize:
-        mean = np.asarray(spec.image_mean, dtype=np.float32)[:, None]
-        std = np.asarray(spec.image_std, dtype=np.float32)[:, None]
-        table = (table - mean) / std
-    return table
+def _affine(spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (scale, offset), float32 (3, 1, 1), such that the model input is x * scale + offset:
+    transformers' rescale-then-normalise ((x * r) - mean) / std folded into one multiply-add (equal to
+    it within a few float32 ulps, ~1e-7)."""
+    rescale = spec.rescale_factor if spec.do_rescale else 1.0
+    mean = np.asarray(spec.image_mean if spec.do_normalize else (0.0, 0.0, 0.0), dtype=np.float64)
+    std = np.asarray(spec.image_std if spec.do_normalize else (1.0, 1.0, 1.0), dtype=np.float64)
+    scale = (rescale / std).astype(np.float32).reshape(3, 1, 1)
+    offset = (-mean / std).astype(np.float32).reshape(3, 1, 1)
+    return scale, offset

@@ -149,7 +149,11 @@ class PreprocessPool:
 
     async def start(self) -> None:
         self._workers = [_Worker(self, i) for i in range(self._worker_count)]
-        await asyncio.gather(*(w.spawn() for w in self._workers))
+        try:
+            await asyncio.gather(*(w.spawn() for w in self._workers))
+        except BaseException:
+            await self.close()
+            raise
         log.info("preprocessing pool ready: %d workers, %d slots of %s", len(self._workers),
                  self.pixels.shape[0], "x".join(map(str, self.pixels.shape[1:])))
 
