@@ -1,7 +1,8 @@
 """DynamicBatcher: groups queued images into batches and runs them on one model thread.
 
-Ownership: the batcher task alone takes from `_queue` (callers only append through `submit`);
-the model is touched only on `_model_thread`. A batch closes when it is full, when the model is
+Ownership: the batcher task alone takes from `_queue` (callers only append through `submit`).
+Batches go to a model runner (`iei.model_runner`): the model process, or one dedicated thread.
+A batch closes when it is full, when the model is
 idle (a lone request never waits for the delay), or `max_batch_delay` after its first image was
 queued. While one batch runs, the next is formed and handed over, so the model never waits for the
 batcher ("prefetch one batch"). Images whose caller went away are dropped before inference.
@@ -13,12 +14,10 @@ import asyncio
 import logging
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, NamedTuple, Protocol
 
 import numpy as np
 
-from backends.base import BackendError
 from iei.errors import BackendFailed, Unhealthy
 
 log = logging.getLogger("iei.batcher")
@@ -48,26 +47,26 @@ class _Entry:
 
 
 class DynamicBatcher:
-    """`embed_batch(slots) -> (B, D)` runs on the model thread; `release_slot` hands slots back."""
+    """`run_batch(slots)` starts a batch and returns a future of a `BatchResult`-like
+    (vectors (B, D), started_at, inference_s); `release_slot` hands slots back to the pool."""
 
     def __init__(
         self,
-        embed_batch: Callable[[list[int]], np.ndarray],
+        run_batch: Callable[[list[int]], asyncio.Future],
         release_slot: Callable[[int], None],
         *,
         max_batch_size: int,
         max_batch_delay_s: float,
         observer: BatchObserver | None = None,
     ) -> None:
-        self._embed_batch = embed_batch
+        self._run_batch = run_batch
         self._release_slot = release_slot
         self._max_batch_size = max_batch_size
         self._max_delay_s = max_batch_delay_s
         self._observer = observer
         self._queue: deque[_Entry] = deque()
         self._wakeup = asyncio.Event()  # set on every submit and every finished batch
-        self._handed_over = 0  # batches given to the model thread and not yet finished
-        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iei-model")
+        self._handed_over = 0  # batches given to the model and not yet finished
         self._task: asyncio.Task | None = None
         self._failure: BaseException | None = None
         #: False after a batch failed, True again after one succeeds.
@@ -93,7 +92,7 @@ class DynamicBatcher:
             self._release_slot(slot)
             raise Unhealthy("the batcher is not running")
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Entry(slot, future, time.perf_counter()))
+        self._queue.append(_Entry(slot, future, time.monotonic()))
         self._wakeup.set()
         return future
 
@@ -102,7 +101,6 @@ class DynamicBatcher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         self._fail_queued(Unhealthy("the server is shutting down"))
-        self._model_thread.shutdown(wait=True)
 
     # -- the batcher task -------------------------------------------------------------------
 
@@ -124,10 +122,10 @@ class DynamicBatcher:
             raise
 
     async def _wait_until(self, condition: Callable[[], object], timeout: float | None = None) -> None:
-        deadline = None if timeout is None else time.perf_counter() + timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         while not condition():
             self._wakeup.clear()
-            remaining = None if deadline is None else deadline - time.perf_counter()
+            remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return
             try:
@@ -139,7 +137,7 @@ class DynamicBatcher:
         """While the model is busy, give the batch until its delay runs out to fill up."""
         if self._handed_over == 0:
             return  # idle model: go now
-        delay_left = self._queue[0].queued_at + self._max_delay_s - time.perf_counter()
+        delay_left = self._queue[0].queued_at + self._max_delay_s - time.monotonic()
         if delay_left > 0:
             await self._wait_until(
                 lambda: len(self._queue) >= self._max_batch_size or self._handed_over == 0, delay_left
@@ -157,40 +155,37 @@ class DynamicBatcher:
 
     def _hand_over(self, batch: list[_Entry]) -> None:
         self._handed_over += 1
-        slots = [entry.slot for entry in batch]
-        started = asyncio.get_running_loop().run_in_executor(self._model_thread, self._infer, slots)
-        started.add_done_callback(lambda done: self._scatter(batch, done))
-
-    def _infer(self, slots: list[int]) -> tuple[np.ndarray, float, float]:
-        """Model thread: run one batch; returns (vectors, start time, duration)."""
-        start = time.perf_counter()
-        vectors = self._embed_batch(slots)
-        return vectors, start, time.perf_counter() - start
+        running = self._run_batch([entry.slot for entry in batch])
+        running.add_done_callback(lambda done: self._scatter(batch, done))
 
     def _scatter(self, batch: list[_Entry], done: asyncio.Future) -> None:
-        """Event loop: deliver each row to its caller, in order, and free the slots."""
+        """Deliver each row to its caller, in order, and free the slots (the model is done with them)."""
         self._handed_over -= 1
         self._wakeup.set()
         for entry in batch:
             self._release_slot(entry.slot)
-        error = done.exception()
-        if error is None:
-            vectors, start, duration = done.result()
-            self.backend_ok = True
-            for row, entry in enumerate(batch):
-                if not entry.future.done():
-                    entry.future.set_result(Embedded(vectors[row], start - entry.queued_at, duration))
-        else:
-            self.backend_ok = False
-            message = str(error) if isinstance(error, BackendError) else "the model failed on this batch"
-            if not isinstance(error, BackendError):
-                log.error("model thread raised", exc_info=error)
-            for entry in batch:
-                if not entry.future.done():
-                    entry.future.set_exception(BackendFailed(message))
-            duration = 0.0
+        error = None if done.cancelled() else done.exception()
+        if done.cancelled() or error is not None:
+            self._fail_batch(batch, error)
+            return
+        vectors, started_at, inference_s = done.result()
+        self.backend_ok = True
+        for row, entry in enumerate(batch):
+            if not entry.future.done():
+                entry.future.set_result(Embedded(vectors[row], started_at - entry.queued_at, inference_s))
         if self._observer is not None:
-            self._observer.on_batch(len(batch), duration, error is None)
+            self._observer.on_batch(len(batch), inference_s, True)
+
+    def _fail_batch(self, batch: list[_Entry], error: BaseException | None) -> None:
+        self.backend_ok = False
+        if not isinstance(error, BackendFailed):
+            log.error("running a batch failed unexpectedly", exc_info=error)
+            error = BackendFailed("the model failed on this batch")
+        for entry in batch:
+            if not entry.future.done():
+                entry.future.set_exception(BackendFailed(error.message))
+        if self._observer is not None:
+            self._observer.on_batch(len(batch), 0.0, False)
 
     def _fail_queued(self, error: Exception) -> None:
         while self._queue:

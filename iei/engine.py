@@ -1,7 +1,7 @@
 """EmbeddingEngine: the embedding service as a library object (no HTTP).
 
-Flow per image: admission -> slot -> PreprocessPool (worker process) -> DynamicBatcher -> backend
-on the model thread -> vector. Images of one request flow independently, so a large request
+Flow per image: admission -> slot -> PreprocessPool (worker process) -> DynamicBatcher -> model
+runner (the backend in its model process) -> vector. Images of one request flow independently, so a large request
 spans batches and keeps every stage busy. Owner: the event loop (all async methods run there).
 """
 
@@ -14,11 +14,12 @@ from typing import Literal, NamedTuple, Sequence
 
 import numpy as np
 
-from backends import Backend, BackendConfig, load_backend
+from backends import BackendConfig
 from iei.batcher import DynamicBatcher, Embedded
 from iei.config import Settings
 from iei.errors import EmptyInput, InputError, Overloaded, Unhealthy, ValidationFailed
 from iei.metrics import Metrics
+from iei.model_runner import ModelProcess, ModelRunner
 from iei.models import resolve_model
 from iei.preprocess.pool import PreprocessPool
 from iei.preprocess.spec import PreprocessSpec, load_spec
@@ -54,14 +55,14 @@ def slots_for(settings: Settings) -> int:
 
 
 class EmbeddingEngine:
-    def __init__(self, settings: Settings, backend: Backend, spec: PreprocessSpec) -> None:
+    def __init__(self, settings: Settings, model: ModelRunner, spec: PreprocessSpec) -> None:
         self.settings = settings
-        self.backend = backend
+        self.model = model
         self.spec = spec
         self.metrics = Metrics()
         self.pool = PreprocessPool(spec, workers=settings.workers, slots=slots_for(settings))
         self.batcher = DynamicBatcher(
-            self._embed_slots,
+            model.run,
             self.pool.release_slot,
             max_batch_size=settings.max_batch_size,
             max_batch_delay_s=settings.max_batch_delay_ms / 1000,
@@ -75,29 +76,30 @@ class EmbeddingEngine:
 
     @classmethod
     def load(cls, settings: Settings) -> "EmbeddingEngine":
-        """Blocking: resolve the model, read its preprocessing, load and warm up the backend.
-        Raises ModelNotFound, ValueError (unsupported processor) or BackendError with a clear message."""
+        """Blocking: resolve the model, read its preprocessing, start the model process and wait until
+        the model is loaded and warm. Raises ModelNotFound, ValueError (unsupported processor) or
+        BackendError, each with a message fit for the console."""
         source = resolve_model(settings.model, settings.revision, settings.load_format)
         spec = load_spec(source.processor_source, source.revision, draft=settings.draft_decode,
                          max_image_pixels=settings.max_image_pixels)
-        backend = load_backend(settings.backend, BackendConfig(
+        model = ModelProcess(settings.backend, BackendConfig(
             model=settings.model, revision=settings.revision, load_format=settings.load_format,
             config_dir=source.config_dir, device=settings.device, dtype=settings.dtype, pooling=settings.pooling,
             num_threads=settings.backend_threads, max_batch_size=settings.max_batch_size,
-        ))
-        backend.warmup()
-        return cls(settings, backend, spec)
+        ), settings.log_format, settings.log_level)
+        return cls(settings, model, spec)
 
     async def start(self) -> None:
         await self.pool.start()
+        await self.model.start(self.pool)
         self.batcher.start()
         self.ready = True
 
     async def stop(self) -> None:
         self.ready = False
         await self.batcher.close()
+        await self.model.close()
         await self.pool.close()
-        await asyncio.to_thread(self.backend.close)
 
     def health_problem(self) -> str | None:
         """None when healthy, else what is wrong (safe to show a client)."""
@@ -105,6 +107,8 @@ class EmbeddingEngine:
             return "the model is not loaded yet"
         if not self.batcher.alive:
             return "the batcher stopped"
+        if not self.model.alive:
+            return "the model process is restarting"
         if not self.batcher.backend_ok:
             return "the model failed on its last batch"
         if not self.pool.worker_pids:
@@ -120,7 +124,7 @@ class EmbeddingEngine:
         limit = self.settings.max_client_batch_size
         if count > limit:
             raise ValidationFailed(f"`{field}` has {count} images; the limit is {limit} (max_client_batch_size)")
-        dim = self.backend.info.embedding_dim
+        dim = self.model.info.embedding_dim
         if dimensions is not None and not 1 <= dimensions <= dim:
             raise ValidationFailed(f"`dimensions` must be between 1 and {dim}, got {dimensions}")
 
@@ -163,10 +167,6 @@ class EmbeddingEngine:
         preprocess_s = time.perf_counter() - start
         future = self.batcher.submit(slot)
         return await future, preprocess_s
-
-    def _embed_slots(self, slots: list[int]) -> np.ndarray:
-        """Model thread: gather the batch from shared memory (one copy) and run the model."""
-        return self.backend.embed_images(self.pool.pixels[slots])
 
 
 def _finish(vectors: np.ndarray, normalize: bool, dimensions: int | None) -> np.ndarray:

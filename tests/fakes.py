@@ -14,6 +14,7 @@ import uvicorn
 from backends.base import BackendError, ModelInfo
 from iei.config import Settings
 from iei.engine import EmbeddingEngine
+from iei.model_runner import ThreadRunner
 from iei.preprocess.spec import make_spec
 from iei.server import create_app
 from tests.server_process import free_port
@@ -52,7 +53,7 @@ class FakeBackend:
 def serve_engine(backend: FakeBackend, **settings_changes) -> Iterator[str]:
     """Run a real uvicorn server for `backend` on 127.0.0.1 in a thread; yields its base URL."""
     settings = Settings(model="fake", preprocess_workers=1, **settings_changes)
-    app = create_app(settings, EmbeddingEngine(settings, backend, SPEC))
+    app = create_app(settings, EmbeddingEngine(settings, ThreadRunner(backend), SPEC))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_config=None))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

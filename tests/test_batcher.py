@@ -12,10 +12,14 @@ import pytest
 from backends.base import BackendError
 from iei.batcher import DynamicBatcher
 from iei.errors import BackendFailed, Unhealthy
+from iei.model_runner import ThreadRunner
 
 
 class Model:
-    """Embeds slot s as [s, s]; can be held inside a batch to make the batcher queue up."""
+    """A backend that embeds slot s as [s, s] (the slab holds each slot's number); it can be held
+    inside a batch to make the batcher queue up."""
+
+    info = None
 
     def __init__(self) -> None:
         self.batches: list[list[int]] = []
@@ -23,16 +27,27 @@ class Model:
         self.gate.set()
         self.fail = False
 
-    def __call__(self, slots: list[int]) -> np.ndarray:
-        self.batches.append(list(slots))
+    def embed_images(self, pixels: np.ndarray) -> np.ndarray:
+        slots = [int(p[0]) for p in pixels]
+        self.batches.append(slots)
         self.gate.wait(10)
         if self.fail:
             raise BackendError("boom")
         return np.array([[s, s] for s in slots], dtype=np.float32)
 
+    def close(self) -> None:
+        pass
 
-def make(model: Model, released: list[int], *, size: int = 4, delay_s: float = 10.0) -> DynamicBatcher:
-    batcher = DynamicBatcher(model, released.append, max_batch_size=size, max_batch_delay_s=delay_s)
+
+class Slab:
+    slab_name = "test"
+    pixels = np.arange(16, dtype=np.float32)[:, None]
+
+
+async def make(model: Model, released: list[int], *, size: int = 4, delay_s: float = 10.0) -> DynamicBatcher:
+    runner = ThreadRunner(model)
+    await runner.start(Slab())
+    batcher = DynamicBatcher(runner.run, released.append, max_batch_size=size, max_batch_delay_s=delay_s)
     batcher.start()
     return batcher
 
@@ -46,7 +61,7 @@ async def wait_for(condition, timeout: float = 5.0) -> None:
 
 async def test_lone_image_on_idle_model_does_not_wait_for_the_delay():
     model, released = Model(), []
-    batcher = make(model, released, delay_s=5.0)
+    batcher = await make(model, released, delay_s=5.0)
     start = time.perf_counter()
     result = await batcher.submit(7)
     assert time.perf_counter() - start < 1.0
@@ -56,7 +71,7 @@ async def test_lone_image_on_idle_model_does_not_wait_for_the_delay():
 
 async def test_batches_close_when_full_while_the_model_is_busy():
     model, released = Model(), []
-    batcher = make(model, released, size=4, delay_s=10.0)
+    batcher = await make(model, released, size=4, delay_s=10.0)
     model.gate.clear()
     futures = [batcher.submit(0)]
     await wait_for(lambda: len(model.batches) == 1)
@@ -72,7 +87,7 @@ async def test_batches_close_when_full_while_the_model_is_busy():
 
 async def test_delay_closes_a_partial_batch_while_the_model_is_busy():
     model, released = Model(), []
-    batcher = make(model, released, size=32, delay_s=0.05)
+    batcher = await make(model, released, size=32, delay_s=0.05)
     model.gate.clear()
     first = batcher.submit(0)
     await wait_for(lambda: len(model.batches) == 1)
@@ -88,7 +103,7 @@ async def test_delay_closes_a_partial_batch_while_the_model_is_busy():
 
 async def test_abandoned_images_are_dropped_before_inference_and_slots_freed():
     model, released = Model(), []
-    batcher = make(model, released, size=8, delay_s=10.0)
+    batcher = await make(model, released, size=8, delay_s=10.0)
     model.gate.clear()
     first = batcher.submit(0)
     await wait_for(lambda: len(model.batches) == 1)
@@ -108,7 +123,7 @@ async def test_abandoned_images_are_dropped_before_inference_and_slots_freed():
 
 async def test_model_failure_fails_only_that_batch_and_flips_backend_ok():
     model, released = Model(), []
-    batcher = make(model, released)
+    batcher = await make(model, released)
     model.fail = True
     with pytest.raises(BackendFailed, match="boom"):
         await batcher.submit(1)
@@ -121,7 +136,7 @@ async def test_model_failure_fails_only_that_batch_and_flips_backend_ok():
 
 async def test_a_crash_in_the_batcher_fails_all_waiters_instead_of_hanging(monkeypatch):
     model, released = Model(), []
-    batcher = make(model, released, delay_s=0.01)
+    batcher = await make(model, released, delay_s=0.01)
     model.gate.clear()
     first = batcher.submit(0)
     await wait_for(lambda: len(model.batches) == 1)

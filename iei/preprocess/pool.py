@@ -15,9 +15,6 @@ import asyncio
 import itertools
 import logging
 import multiprocessing
-import os
-import socket
-import struct
 from collections import deque
 from multiprocessing.shared_memory import SharedMemory
 
@@ -25,36 +22,14 @@ import msgspec
 import numpy as np
 
 from iei.errors import InputError, PreprocessWorkerDied
+from iei.ipc import connect, send_frame
 from iei.preprocess.spec import PreprocessSpec
 from iei.preprocess.worker import ENCODINGS, STATUS_INPUT_ERROR, STATUS_OK, Reply, Task, worker_main
 
 log = logging.getLogger("iei.preprocess")
 
-_HEADER = struct.Struct("!i")  # multiprocessing.Connection's frame header, so workers use plain recv_bytes()
 _READY = b"ready"
 _START_TIMEOUT_S = 60.0
-
-
-class _WorkerProtocol(asyncio.Protocol):
-    """Parses length-prefixed reply frames from one worker."""
-
-    def __init__(self, worker: "_Worker") -> None:
-        self._worker = worker
-        self._buffer = bytearray()
-
-    def data_received(self, data: bytes) -> None:
-        buf = self._buffer
-        buf += data
-        while len(buf) >= 4:
-            (size,) = _HEADER.unpack_from(buf)
-            if len(buf) < 4 + size:
-                return
-            frame = bytes(buf[4 : 4 + size])
-            del buf[: 4 + size]
-            self._worker.on_frame(frame)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._worker.on_lost()
 
 
 class _Worker:
@@ -80,18 +55,14 @@ class _Worker:
         )
         await asyncio.to_thread(self.process.start)
         child_conn.close()
-        sock = socket.socket(fileno=os.dup(parent_conn.fileno()))
-        parent_conn.close()
-        sock.setblocking(False)
-        loop = asyncio.get_running_loop()
-        self.transport, _ = await loop.create_unix_connection(lambda: _WorkerProtocol(self), sock=sock)
+        self.transport = await connect(parent_conn, self.on_frame, self.on_lost)
         await asyncio.wait_for(asyncio.shield(self.ready), _START_TIMEOUT_S)
         self.alive = True
 
     def send(self, task: Task, future: asyncio.Future) -> None:
         frame = self.pool.encode(task)
         self.inflight[task.task_id] = (future, task.slot)
-        self.transport.writelines((_HEADER.pack(len(frame)), frame))  # type: ignore[union-attr]
+        send_frame(self.transport, frame)  # type: ignore[arg-type]
 
     def on_frame(self, frame: bytes) -> None:
         if not self.ready.done():

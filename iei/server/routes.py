@@ -211,7 +211,7 @@ def build_route_handlers(state: AppState) -> list[HTTPRouteHandler]:
     @get("/info", summary="Model and server settings")
     async def info() -> Info:
         engine = state.require_engine()
-        model = engine.backend.info
+        model = engine.model.info
         return Info(
             model_id=settings.model, model_sha=model.model_sha, model_dtype=model.dtype,
             model_type=ModelType(Pooling(model.pooling)), served_model_name=settings.model_name,

@@ -1,0 +1,86 @@
+"""The model process: loads the backend and runs batches, alone, on its main thread.
+
+Running the model in its own process keeps it out of the event loop's GIL (a busy loop would
+otherwise stall every torch op for up to a switch interval, and vice versa), lets a crashed or
+hung model be killed and restarted without taking the HTTP server down, and keeps torch out of the
+server process's hot path. Pixels arrive through the shared-memory slab; only slot numbers and
+the (B, D) float32 vectors cross the pipe.
+
+Frames (msgpack arrays), child -> parent first: ["ready", ModelInfo] or ["error", message].
+Then parent -> child: ["attach", slab_name, slab_shape], [batch_id, slots];
+child -> parent: [batch_id, True, vectors_bytes, rows, dim, started_at, duration_s]
+or [batch_id, False, message, 0, 0, started_at, duration_s].
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from multiprocessing.connection import Connection
+
+import msgspec
+import numpy as np
+
+from backends import BackendConfig, BackendError, load_backend
+from iei.preprocess.worker import attach_slab
+
+log = logging.getLogger("iei.model")
+
+
+def _load(conn: Connection, backend_name: str, config: BackendConfig):
+    try:
+        backend = load_backend(backend_name, config)
+        backend.warmup()
+    except BackendError as e:
+        conn.send_bytes(msgspec.msgpack.encode(["error", str(e)]))
+        return None
+    except Exception as e:  # an unexpected loader failure still gets a one-line reason
+        log.exception("loading the model failed")
+        first_line = (str(e).strip().splitlines() or [""])[0][:300]
+        conn.send_bytes(msgspec.msgpack.encode(["error", f"could not load the model: {type(e).__name__}: {first_line}"]))
+        return None
+    conn.send_bytes(msgspec.msgpack.encode(["ready", backend.info]))
+    return backend
+
+
+def _run_batch(backend, slab: np.ndarray, batch_id: int, slots: list[int]) -> list:
+    started = time.monotonic()
+    try:
+        vectors = np.ascontiguousarray(backend.embed_images(slab[slots]), dtype=np.float32)
+        return [batch_id, True, vectors.tobytes(), vectors.shape[0], vectors.shape[1], started,
+                time.monotonic() - started]
+    except BackendError as e:
+        message = str(e)
+    except Exception:  # keep serving; the client sees a generic message, the log has the detail
+        log.exception("the model raised on a batch of %d", len(slots))
+        message = "the model failed on this batch"
+    return [batch_id, False, message, 0, 0, started, time.monotonic() - started]
+
+
+def host_main(conn: Connection, backend_name: str, config_bytes: bytes, log_format: str, log_level: str) -> None:
+    """Entry point of the model process (spawned)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when we stop
+    from iei.logs import configure_logging
+
+    configure_logging(log_format, log_level)
+    backend = _load(conn, backend_name, msgspec.msgpack.decode(config_bytes, type=BackendConfig))
+    if backend is None:
+        return
+    encode, decode = msgspec.msgpack.encode, msgspec.msgpack.decode
+    shm = slab = None
+    try:
+        while True:
+            try:
+                message = decode(conn.recv_bytes())
+            except (EOFError, OSError):
+                return  # the server closed the pipe: shut down
+            if message[0] == "attach":
+                shm, slab = attach_slab(message[1], tuple(message[2]))
+                continue
+            conn.send_bytes(encode(_run_batch(backend, slab, message[0], message[1])))
+    finally:
+        backend.close()
+        del slab
+        if shm is not None:
+            shm.close()

@@ -1,0 +1,198 @@
+"""Where batches run: `ModelProcess` (the backend in its own process, the default) or `ThreadRunner`
+(a backend object on one thread of this process, for embedding IEI as a library and for tests).
+
+Both present one small interface to the batcher: `run(slots)` returns an asyncio future of a
+`BatchResult`. Owner: the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import multiprocessing
+import time
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from typing import NamedTuple, Protocol
+
+import msgspec
+import numpy as np
+
+from backends import Backend, BackendConfig, BackendError, ModelInfo
+from iei.errors import BackendFailed
+from iei.ipc import connect, send_frame
+from iei.model_host import host_main
+
+log = logging.getLogger("iei.model")
+
+_LOAD_TIMEOUT_S = 1800.0  # a first download of a large model can be slow
+
+
+class BatchResult(NamedTuple):
+    vectors: np.ndarray  # float32 (B, D), row i for slot i of the batch
+    started_at: float  # time.monotonic() when the model started this batch
+    inference_s: float
+
+
+class Slab(Protocol):
+    slab_name: str
+    pixels: np.ndarray
+
+
+class ModelRunner(Protocol):
+    info: ModelInfo
+
+    @property
+    def alive(self) -> bool: ...
+
+    async def start(self, slab: Slab) -> None: ...
+
+    def run(self, slots: list[int]) -> asyncio.Future: ...
+
+    async def close(self) -> None: ...
+
+
+class ThreadRunner:
+    """Run `backend` on one dedicated thread of this process."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.info = backend.info
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iei-model")
+        self._pixels: np.ndarray | None = None
+
+    @property
+    def alive(self) -> bool:
+        return True
+
+    async def start(self, slab: Slab) -> None:
+        self._pixels = slab.pixels
+
+    def run(self, slots: list[int]) -> asyncio.Future:
+        return asyncio.get_running_loop().run_in_executor(self._thread, self._run, slots)
+
+    def _run(self, slots: list[int]) -> BatchResult:
+        started = time.monotonic()
+        try:
+            vectors = self.backend.embed_images(self._pixels[slots])
+        except BackendError as e:
+            raise BackendFailed(str(e)) from None
+        return BatchResult(vectors, started, time.monotonic() - started)
+
+    async def close(self) -> None:
+        self._thread.shutdown(wait=True)
+        await asyncio.to_thread(self.backend.close)
+
+
+class ModelProcess:
+    """The backend in a child process (see `iei.model_host`). If the process dies, its in-flight
+    batches fail with BackendFailed and a new process is started; `alive` is False meanwhile."""
+
+    def __init__(self, backend_name: str, config: BackendConfig, log_format: str = "text", log_level: str = "info") -> None:
+        self._args = (backend_name, msgspec.msgpack.encode(config), log_format, log_level)
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._conn: Connection | None = None
+        self._transport: asyncio.Transport | None = None
+        self._inflight: dict[int, asyncio.Future] = {}
+        self._batch_ids = itertools.count()
+        self._slab: Slab | None = None
+        self._closing = False
+        self._restart: asyncio.Task | None = None
+        self.info: ModelInfo = self._launch()
+
+    def _launch(self) -> ModelInfo:
+        """Blocking: start the process and wait until the model is loaded and warm. Raises BackendError."""
+        ctx = multiprocessing.get_context("spawn")
+        parent_conn, child_conn = ctx.Pipe(duplex=True)
+        self._process = ctx.Process(target=host_main, args=(child_conn, *self._args), name="iei-model", daemon=True)
+        self._process.start()
+        child_conn.close()
+        if not parent_conn.poll(_LOAD_TIMEOUT_S):
+            self._process.kill()
+            raise BackendError(f"the model did not load within {_LOAD_TIMEOUT_S:.0f} s")
+        try:
+            kind, payload = msgspec.msgpack.decode(parent_conn.recv_bytes())
+        except EOFError:
+            self._process.join(5)
+            raise BackendError(f"the model process exited while loading (exit code {self._process.exitcode})") from None
+        if kind == "error":
+            self._process.join(5)
+            raise BackendError(payload)
+        self._conn = parent_conn
+        return msgspec.convert(payload, ModelInfo)
+
+    @property
+    def alive(self) -> bool:
+        return self._transport is not None and not self._transport.is_closing()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    async def start(self, slab: Slab) -> None:
+        self._slab = slab
+        assert self._conn is not None, "launch() failed or start() called twice"
+        conn, self._conn = self._conn, None
+        self._transport = await connect(conn, self._on_frame, self._on_lost)
+        send_frame(self._transport, msgspec.msgpack.encode(["attach", slab.slab_name, list(slab.pixels.shape)]))
+
+    def run(self, slots: list[int]) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        if not self.alive:
+            future.set_exception(BackendFailed("the model process is restarting; retry shortly"))
+            return future
+        batch_id = next(self._batch_ids)
+        self._inflight[batch_id] = future
+        send_frame(self._transport, msgspec.msgpack.encode([batch_id, slots]))  # type: ignore[arg-type]
+        return future
+
+    def _on_frame(self, frame: bytes) -> None:
+        batch_id, ok, payload, rows, dim, started_at, duration = msgspec.msgpack.decode(frame)
+        future = self._inflight.pop(batch_id)
+        if future.done():
+            return
+        if ok:
+            vectors = np.frombuffer(payload, dtype=np.float32).reshape(rows, dim)
+            future.set_result(BatchResult(vectors, started_at, duration))
+        else:
+            future.set_exception(BackendFailed(payload))
+
+    def _on_lost(self) -> None:
+        self._transport = None
+        inflight, self._inflight = self._inflight, {}
+        for future in inflight.values():
+            if not future.done():
+                future.set_exception(BackendFailed("the model process died while running this batch"))
+        if not self._closing:
+            code = self._process.exitcode if self._process is not None else None
+            log.error("the model process died (exit code %s); restarting it", code)
+            self._restart = asyncio.get_running_loop().create_task(self._relaunch())
+
+    async def _relaunch(self) -> None:
+        while not self._closing:
+            try:
+                await asyncio.to_thread(self._reap)
+                self.info = await asyncio.to_thread(self._launch)
+                await self.start(self._slab)  # type: ignore[arg-type]
+                log.info("the model process is back")
+                return
+            except Exception:
+                log.exception("restarting the model process failed; trying again in 5 s")
+                await asyncio.sleep(5)
+
+    def _reap(self) -> None:
+        if self._process is not None:
+            self._process.join(timeout=5)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join()
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._restart is not None:
+            self._restart.cancel()
+        if self._transport is not None:
+            self._transport.close()  # the child reads EOF and exits
+        if self._conn is not None:
+            self._conn.close()
+        await asyncio.to_thread(self._reap)
