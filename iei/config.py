@@ -67,7 +67,9 @@ class Settings:
                           choices=("debug", "info", "warning", "error"))
 
     def __post_init__(self) -> None:
-        positive = ("port", "payload_limit", "max_batch_size", "max_concurrent_requests", "max_client_batch_size",
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be between 0 and 65535, got {self.port}")
+        positive = ("payload_limit", "max_batch_size", "max_concurrent_requests", "max_client_batch_size",
                     "max_image_pixels")
         for name in positive:
             if getattr(self, name) < 1:

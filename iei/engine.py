@@ -17,7 +17,7 @@ import numpy as np
 from backends import BackendConfig
 from iei.batcher import DynamicBatcher, Embedded
 from iei.config import Settings
-from iei.errors import EmptyInput, InputError, Overloaded, Unhealthy, ValidationFailed
+from iei.errors import EmptyInput, IEIError, InputError, Overloaded, Unhealthy, ValidationFailed
 from iei.metrics import Metrics
 from iei.model_runner import ModelProcess, ModelRunner
 from iei.models import resolve_model
@@ -27,6 +27,9 @@ from iei.preprocess.spec import PreprocessSpec, load_spec
 log = logging.getLogger("iei.engine")
 
 Encoding = Literal["base64", "raw"]
+
+_PROBE_TIMEOUT_S = 10.0
+_LAST_BATCH_FAILED = "the model failed on its last batch"
 
 
 class ImagePayload(NamedTuple):
@@ -70,6 +73,7 @@ class EmbeddingEngine:
         )
         self.inflight_images = 0  # admitted and not yet answered
         self.ready = False
+        self._probe: asyncio.Future | None = None
         self.metrics.watch(queue_size=lambda: self.batcher.queue_size, inflight=lambda: self.inflight_images)
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -101,6 +105,25 @@ class EmbeddingEngine:
         await self.model.close()
         await self.pool.close()
 
+    async def health_problem_after_probe(self) -> str | None:
+        """Like `health_problem`, but after a failed batch run one tiny probe batch first, so health
+        recovers on its own once the model answers again (with no traffic, nothing else would tell)."""
+        problem = self.health_problem()
+        if problem != _LAST_BATCH_FAILED:
+            return problem
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.ensure_future(self._run_probe())
+        await asyncio.wait({self._probe}, timeout=_PROBE_TIMEOUT_S)
+        return self.health_problem()
+
+    async def _run_probe(self) -> None:
+        slot = await self.pool.acquire_slot()
+        self.pool.pixels[slot] = 0.0
+        try:
+            await self.batcher.submit(slot)
+        except IEIError:
+            pass  # still failing: health stays 503
+
     def health_problem(self) -> str | None:
         """None when healthy, else what is wrong (safe to show a client)."""
         if not self.ready:
@@ -110,7 +133,7 @@ class EmbeddingEngine:
         if not self.model.alive:
             return "the model process is restarting"
         if not self.batcher.backend_ok:
-            return "the model failed on its last batch"
+            return _LAST_BATCH_FAILED
         if not self.pool.worker_pids:
             return "no preprocessing worker is running"
         return None

@@ -119,6 +119,7 @@ class ModelProcess:
             self._process.join(5)
             raise BackendError(payload)
         self._conn = parent_conn
+        log.info("model process ready (pid %d)", self._process.pid)
         return msgspec.convert(payload, ModelInfo)
 
     @property

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import signal
 from typing import Any
-from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 
@@ -41,11 +40,9 @@ class Reply(msgspec.Struct, array_like=True):
 
 
 def attach_slab(name: str, shape: tuple[int, ...]) -> tuple[SharedMemory, np.ndarray]:
-    """Map the parent's shared-memory slab. The parent alone owns (and unlinks) the segment."""
+    """Map the parent's shared-memory slab. The parent alone owns (and unlinks) the segment; we are
+    spawned by multiprocessing, so we share its resource tracker and attaching registers nothing new."""
     shm = SharedMemory(name=name)
-    # Python < 3.13 registers attached segments with the resource tracker, which would unlink
-    # the parent's slab when this worker exits.
-    resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
     return shm, np.ndarray(shape, dtype=np.float32, buffer=shm.buf)
 
 

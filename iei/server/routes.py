@@ -203,7 +203,7 @@ def build_route_handlers(state: AppState) -> list[HTTPRouteHandler]:
     @get("/health", summary="Readiness: 200 once the model answers, else 503")
     async def health() -> Response:
         engine = state.engine
-        problem = "the model is not loaded yet" if engine is None else engine.health_problem()
+        problem = "the model is not loaded yet" if engine is None else await engine.health_problem_after_probe()
         if problem is None:
             return Response(content=_HEALTH_OK, status_code=200, media_type=JSON)
         return Response(content=HTTPError("Unhealthy", problem).tei_body(), status_code=503, media_type=JSON)

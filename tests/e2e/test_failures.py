@@ -82,3 +82,13 @@ def test_api_key_required_on_inference_routes_only():
         assert ok.status_code == 200
         assert httpx.get(url + "/health").status_code == 200
         assert httpx.get(url + "/metrics").status_code == 200
+
+
+def test_health_probes_the_model_after_a_failure_and_recovers_without_traffic():
+    backend = FakeBackend()
+    with serve_engine(backend) as url:
+        backend.fail = True
+        assert httpx.post(url + "/embed", json={"inputs": [b64_image()]}).status_code == 424
+        assert httpx.get(url + "/health").status_code == 503  # the probe batch fails too
+        backend.fail = False
+        assert httpx.get(url + "/health").status_code == 200  # the probe batch succeeds

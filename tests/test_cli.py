@@ -1,0 +1,72 @@
+"""The `iei` command line: flags, environment variables, and clean start-up failures."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from iei.cli import build_parser
+from iei.config import Settings, settings_from
+from tests.server_process import REPO
+
+
+def parse(*argv: str, env: dict[str, str] | None = None) -> Settings:
+    return settings_from(build_parser().parse_args(["serve", *argv]), env or {})
+
+
+def test_help_documents_every_setting_with_its_env_var():
+    help_text = subprocess.run([sys.executable, "-m", "iei", "serve", "--help"], capture_output=True, text=True,
+                               cwd=REPO, check=True).stdout
+    for field in dataclasses.fields(Settings):
+        assert "--" + field.name.replace("_", "-") in help_text
+        assert field.metadata["env"][0] in help_text
+
+
+def test_defaults_match_the_original_server():
+    settings = parse()
+    assert settings.model == "google/vit-base-patch16-224" and settings.port == 8000
+
+
+def test_original_env_var_selects_the_model():
+    assert parse(env={"IMAGE_EMBEDDING_MODEL": "facebook/deit-base-patch16-224"}).model == "facebook/deit-base-patch16-224"
+
+
+def test_flags_win_over_env():
+    settings = parse("--port", "9001", "--no-draft-decode", env={"PORT": "9000", "IEI_DRAFT_DECODE": "true"})
+    assert settings.port == 9001 and settings.draft_decode is False
+
+
+def test_env_values_are_typed_and_checked():
+    settings = parse(env={"IEI_MAX_BATCH_SIZE": "8", "IEI_MAX_BATCH_DELAY_MS": "1.5", "IEI_DRAFT_DECODE": "off"})
+    assert (settings.max_batch_size, settings.max_batch_delay_ms, settings.draft_decode) == (8, 1.5, False)
+    with pytest.raises(SystemExit, match="IEI_MAX_BATCH_SIZE"):
+        parse(env={"IEI_MAX_BATCH_SIZE": "lots"})
+    with pytest.raises(SystemExit, match="IEI_LOG_FORMAT"):
+        parse(env={"IEI_LOG_FORMAT": "xml"})
+    with pytest.raises(SystemExit, match="max_batch_size"):
+        parse("--max-batch-size", "0")
+
+
+def run_serve(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "iei", "serve", "--port", "0", *args], capture_output=True,
+                          text=True, cwd=REPO, timeout=timeout, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+
+
+def test_unknown_model_in_dummy_mode_fails_clearly():
+    result = run_serve("--model", "nobody/no-such-model", "--load-format", "dummy")
+    assert result.returncode == 2
+    assert "cannot start" in result.stderr and "nobody/no-such-model" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_local_folder_fails_clearly(tmp_path):
+    result = run_serve("--model", str(tmp_path / "nothing-here"))
+    assert result.returncode == 2 and "cannot start" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_wrong_pooling_fails_clearly(tiny_model):
+    result = run_serve("--model", str(tiny_model("swin")), "--pooling", "cls")
+    assert result.returncode == 2 and "cls" in result.stderr and "Traceback" not in result.stderr
