@@ -82,7 +82,7 @@ class _Worker:
             future.set_exception(InputError(reply.message or "the image could not be processed"))
 
     def on_lost(self) -> None:
-        self.alive = False
+        was_serving, self.alive = self.alive, False
         if not self.ready.done():
             self.ready.set_exception(PreprocessWorkerDied("preprocessing worker failed to start"))
         inflight, self.inflight = self.inflight, {}
@@ -90,7 +90,8 @@ class _Worker:
             self.pool.release_slot(slot)  # the process is gone: nobody writes to the slot any more
             if not future.done():
                 future.set_exception(PreprocessWorkerDied("the preprocessing worker handling this image died; retry"))
-        self.pool.on_worker_lost(self)
+        if was_serving:  # a worker that never started is the start-up's failure, not one to replace
+            self.pool.on_worker_lost(self)
 
     def stop(self) -> None:
         if self.transport is not None:
