@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import threading
+import time
 
 import httpx
 import numpy as np
@@ -92,3 +93,27 @@ def test_health_probes_the_model_after_a_failure_and_recovers_without_traffic():
         assert httpx.get(url + "/health").status_code == 503  # the probe batch fails too
         backend.fail = False
         assert httpx.get(url + "/health").status_code == 200  # the probe batch succeeds
+
+
+def test_images_of_a_client_that_disconnected_are_dropped_before_inference():
+    import socket
+    from urllib.parse import urlparse
+
+    backend = FakeBackend(delay_s=0.5)
+    with serve_engine(backend, max_batch_delay_ms=60_000) as url:
+        first: list[httpx.Response] = []
+        busy = threading.Thread(target=lambda: first.append(httpx.post(url + "/embed", json={"inputs": [b64_image()]})))
+        busy.start()
+        assert backend.entered.wait(10)  # the model is busy with the first request
+        body = ('{"inputs": ["%s", "%s"]}' % (b64_image(), b64_image())).encode()
+        target = urlparse(url)
+        with socket.create_connection((target.hostname, target.port)) as sock:
+            sock.sendall(b"POST /embed HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                         b"content-length: %d\r\n\r\n" % len(body) + body)
+            time.sleep(0.2)  # queued behind the busy model
+        busy.join()
+        after = httpx.post(url + "/embed", json={"inputs": [b64_image()]})
+        metrics = httpx.get(url + "/metrics").text
+    assert first[0].status_code == 200 and after.status_code == 200
+    assert backend.batch_sizes == [1, 1], "the disconnected client's two images must never reach the model"
+    assert 'outcome="ClientGone"' in metrics
