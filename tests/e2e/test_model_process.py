@@ -3,6 +3,7 @@ starts a new one, and serves again."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -20,8 +21,13 @@ def model_pids(log: str) -> list[int]:
     return [int(pid) for pid in re.findall(r"model process ready \(pid (\d+)\)", log)]
 
 
+def access_lines(log: str) -> list[dict]:
+    entries = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    return [e for e in entries if e["logger"] == "iei.access"]
+
+
 def test_killed_model_process_is_replaced(tiny_model, seed_base64, server_logs):
-    with running_server("--model", str(tiny_model("convnext")), "--preprocess-workers", "1",
+    with running_server("--model", str(tiny_model("convnext")), "--preprocess-workers", "1", "--log-format", "json",
                         log_dir=server_logs) as server:
         body = {"inputs": seed_base64[:2]}
         assert httpx.post(server.url + "/embed", json=body, timeout=60).status_code == 200
@@ -40,3 +46,6 @@ def test_killed_model_process_is_replaced(tiny_model, seed_base64, server_logs):
             time.sleep(0.2)
         assert httpx.post(server.url + "/embed", json=body, timeout=60).status_code == 200
         assert len(model_pids(server.log())) == 2 and server.process.poll() is None
+    first = access_lines(server.log())[0]  # one structured line per request, with its stage times
+    assert first["status"] == 200 and first["images"] == 2 and first["request_id"]
+    assert {"total_ms", "preprocess_ms", "queue_ms", "inference_ms"} <= set(first)
