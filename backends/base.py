@@ -27,6 +27,10 @@ class BackendConfig(msgspec.Struct, frozen=True, kw_only=True):
     pooling: str | None = None  # None: the family's default
     num_threads: int = 0  # intra-op CPU threads; 0: the backend decides
     max_batch_size: int = 32  # largest batch the batcher will send (for warm-up and engine profiles)
+    # uint8 pixels become model inputs as pixel * scale + offset, per RGB channel (the image
+    # processor's rescale and normalise folded together; see iei.preprocess.image.pixel_affine).
+    pixel_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    pixel_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -55,8 +59,9 @@ class Backend(Protocol):
     info: ModelInfo
 
     def embed_images(self, pixels: np.ndarray) -> np.ndarray:
-        """Embed a batch: float32 (B, 3, H, W), normalised as the model expects -> float32 (B, D), pooled,
-        not L2-normalised. Raises BackendError."""
+        """Embed a batch -> float32 (B, D), pooled, not L2-normalised. `pixels` is uint8 (B, 3, H, W),
+        resized and cropped, which the backend normalises with `pixel_scale`/`pixel_offset`; or float32
+        already normalised. Raises BackendError."""
         ...
 
     def warmup(self) -> None:

@@ -21,6 +21,7 @@ from iei.errors import EmptyInput, IEIError, InputError, Overloaded, Unhealthy, 
 from iei.metrics import Metrics
 from iei.model_runner import ModelProcess, ModelRunner
 from iei.models import resolve_model
+from iei.preprocess.image import pixel_affine
 from iei.preprocess.pool import PreprocessPool
 from iei.preprocess.spec import PreprocessSpec, load_spec
 
@@ -86,10 +87,12 @@ class EmbeddingEngine:
         source = resolve_model(settings.model, settings.revision, settings.load_format)
         spec = load_spec(source.processor_source, source.revision, draft=settings.draft_decode,
                          max_image_pixels=settings.max_image_pixels)
+        scale, offset = pixel_affine(spec)
         model = ModelProcess(settings.backend, BackendConfig(
             model=settings.model, revision=settings.revision, load_format=settings.load_format,
             config_dir=source.config_dir, device=settings.device, dtype=settings.dtype, pooling=settings.pooling,
             num_threads=settings.backend_threads, max_batch_size=settings.max_batch_size,
+            pixel_scale=scale, pixel_offset=offset,
         ), settings.log_format, settings.log_level)
         return cls(settings, model, spec)
 

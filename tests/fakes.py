@@ -39,7 +39,7 @@ class FakeBackend:
         time.sleep(self.delay_s)
         if self.fail:
             raise BackendError(f"fake failure on a batch of {len(pixels)}")
-        means = pixels.mean(axis=(2, 3))
+        means = pixels.mean(axis=(2, 3)) / 255.0  # uint8 pixels from the slab
         return np.tile(means, (1, self.info.embedding_dim // 3)).astype(np.float32) + 1.0
 
     def warmup(self) -> None:

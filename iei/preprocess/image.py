@@ -1,4 +1,9 @@
-"""Pure preprocessing functions: image bytes in, float32 CHW pixels out.
+"""Pure preprocessing functions: image bytes in, uint8 CHW pixels out (`prepare_pixels`), plus the
+per-channel affine map to the model's float32 input (`pixel_affine`, `normalize`).
+
+Resizing and cropping happen on 8-bit pixels (as transformers does them, through PIL), so the uint8
+tensor is lossless; the rescale and normalise steps are one multiply-add per channel that the model
+runtime applies (on the GPU, for free), which keeps shared memory, copies and transfers 4x smaller.
 
 They run inside preprocessing worker processes: top-level functions, no module state, numpy out
 (no PIL object crosses a process boundary). With `spec.draft=False` the result equals the
@@ -72,24 +77,45 @@ def _b64decode(text: bytes) -> bytes:
         raise InputError("not valid base64") from e
 
 
-def prepare_image(data: bytes, spec: PreprocessSpec, out: np.ndarray | None = None) -> np.ndarray:
-    """Decode `data` and write the model's pixels into `out` (float32, shape
-    (3, spec.output_height, spec.output_width), may be a view into shared memory); allocate it
-    when None. Returns `out`. Raises InputError for empty, undecodable, truncated or oversized
-    images; ValueError if `out` has the wrong shape or dtype."""
+def prepare_pixels(data: bytes, spec: PreprocessSpec, out: np.ndarray | None = None) -> np.ndarray:
+    """Decode, orient, convert, resize and crop `data` into `out` (uint8, shape
+    (3, spec.output_height, spec.output_width), may be a view into shared memory); allocate it when
+    None. Returns `out`. Raises InputError for empty, undecodable, truncated or oversized images;
+    ValueError if `out` has the wrong shape or dtype."""
     shape = (3, spec.output_height, spec.output_width)
     if out is None:
-        out = np.empty(shape, dtype=np.float32)
-    elif out.shape != shape or out.dtype != np.float32:
-        raise ValueError(f"out must be float32 {shape}, got {out.dtype} {out.shape}")
+        out = np.empty(shape, dtype=np.uint8)
+    elif out.shape != shape or out.dtype != np.uint8:
+        raise ValueError(f"out must be uint8 {shape}, got {out.dtype} {out.shape}")
     if not data:
         raise InputError("empty image")
     image, source_size = _decode(data, spec)
-    pixels = _resize_and_crop(image, source_size, spec)
-    scale, offset = _affine(spec)
-    # uint8 HWC -> float32 CHW in one strided cast, then x * scale + offset in place: two passes over
-    # `out` and no temporaries (several times faster than a per-channel lookup table).
-    np.copyto(out, pixels.transpose(2, 0, 1), casting="unsafe")
+    out[...] = _resize_and_crop(image, source_size, spec).transpose(2, 0, 1)  # HWC -> CHW
+    return out
+
+
+def prepare_image(data: bytes, spec: PreprocessSpec, out: np.ndarray | None = None) -> np.ndarray:
+    """`prepare_pixels` then `normalize`: the float32 (3, H, W) tensor transformers' processor gives
+    (written into `out` when given)."""
+    return normalize(prepare_pixels(data, spec), spec, out)
+
+
+def pixel_affine(spec: PreprocessSpec) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (scale, offset) such that the model input is uint8_pixel * scale + offset:
+    transformers' rescale-then-normalise ((x * r) - mean) / std folded into one multiply-add (equal
+    to it within a few float32 ulps, ~1e-7)."""
+    rescale = spec.rescale_factor if spec.do_rescale else 1.0
+    mean = spec.image_mean if spec.do_normalize else (0.0, 0.0, 0.0)
+    std = spec.image_std if spec.do_normalize else (1.0, 1.0, 1.0)
+    return tuple(rescale / s for s in std), tuple(-m / s for m, s in zip(mean, std))
+
+
+def normalize(pixels: np.ndarray, spec: PreprocessSpec, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 (..., 3, H, W) -> float32 model input, per `pixel_affine` (computed in float32)."""
+    scale, offset = (np.asarray(v, dtype=np.float32).reshape(3, 1, 1) for v in pixel_affine(spec))
+    if out is None:
+        out = np.empty(pixels.shape, dtype=np.float32)
+    np.copyto(out, pixels, casting="unsafe")
     out *= scale
     out += offset
     return out
@@ -211,15 +237,3 @@ def _resize_size(src_w: int, src_h: int, current: tuple[int, int], spec: Preproc
 
 def _resize(image: Image.Image, size: tuple[int, int], resample: int) -> Image.Image:
     return image if image.size == size else image.resize(size, resample)
-
-
-def _affine(spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel (scale, offset), float32 (3, 1, 1), such that the model input is x * scale + offset:
-    transformers' rescale-then-normalise ((x * r) - mean) / std folded into one multiply-add (equal to
-    it within a few float32 ulps, ~1e-7)."""
-    rescale = spec.rescale_factor if spec.do_rescale else 1.0
-    mean = np.asarray(spec.image_mean if spec.do_normalize else (0.0, 0.0, 0.0), dtype=np.float64)
-    std = np.asarray(spec.image_std if spec.do_normalize else (1.0, 1.0, 1.0), dtype=np.float64)
-    scale = (rescale / std).astype(np.float32).reshape(3, 1, 1)
-    offset = (-mean / std).astype(np.float32).reshape(3, 1, 1)
-    return scale, offset

@@ -1,7 +1,7 @@
 """PreprocessPool: worker processes that decode images into a shared-memory slab of pixel tensors.
 
 Owner: the event loop. Every method runs on the loop thread; nothing here blocks it. Image bytes
-go to a worker over its socket pair; the worker writes the float32 tensor into a slot of the slab
+go to a worker over its socket pair; the worker writes the uint8 pixels into a slot of the slab
 and replies with a few bytes. The loop only moves payloads and slot numbers.
 
 Slot lifecycle: `acquire_slot()` -> `prepare(payload, slot)`; on success the caller owns the
@@ -107,10 +107,10 @@ class PreprocessPool:
         self.encode = msgspec.msgpack.Encoder().encode
         self.decode_reply = msgspec.msgpack.Decoder(Reply).decode
         shape = (slots, 3, spec.output_height, spec.output_width)
-        self._shm = SharedMemory(create=True, size=int(np.prod(shape)) * 4)
+        self._shm = SharedMemory(create=True, size=int(np.prod(shape)))
         self.slab_name = self._shm.name
-        #: The slab: slot i holds one preprocessed image, float32 (3, H, W). Read by the model thread.
-        self.pixels = np.ndarray(shape, dtype=np.float32, buffer=self._shm.buf)
+        #: The slab: slot i holds one preprocessed image, uint8 (3, H, W). Read by the model process.
+        self.pixels = np.ndarray(shape, dtype=np.uint8, buffer=self._shm.buf)
         self._free_slots: list[int] = list(range(slots))
         self._slot_waiters: deque[asyncio.Future] = deque()
         self._workers: list[_Worker] = []

@@ -1,7 +1,7 @@
 """The preprocessing worker process: a blocking loop that turns image payloads into pixel tensors.
 
 It receives `(task_id, slot, encoding, payload)` frames on its end of a socket pair, writes the
-float32 tensor into `slot` of the shared-memory slab, and answers `(task_id, status, message)`.
+uint8 (3, H, W) pixels into `slot` of the shared-memory slab, and answers `(task_id, status, message)`.
 Only the small reply crosses the process boundary; the pixels stay in shared memory.
 """
 
@@ -17,7 +17,7 @@ import msgspec
 import numpy as np
 
 from iei.errors import InputError
-from iei.preprocess.image import decode_payload, prepare_image
+from iei.preprocess.image import decode_payload, prepare_pixels
 from iei.preprocess.spec import PreprocessSpec
 
 ENCODINGS = ("base64", "raw")
@@ -43,7 +43,7 @@ def attach_slab(name: str, shape: tuple[int, ...]) -> tuple[SharedMemory, np.nda
     """Map the parent's shared-memory slab. The parent alone owns (and unlinks) the segment; we are
     spawned by multiprocessing, so we share its resource tracker and attaching registers nothing new."""
     shm = SharedMemory(name=name)
-    return shm, np.ndarray(shape, dtype=np.float32, buffer=shm.buf)
+    return shm, np.ndarray(shape, dtype=np.uint8, buffer=shm.buf)
 
 
 def _as_bytes(payload: Any) -> bytes:
@@ -58,7 +58,7 @@ def _as_bytes(payload: Any) -> bytes:
 def run_task(task: Task, spec: PreprocessSpec, slab: np.ndarray) -> Reply:
     try:
         data = decode_payload(_as_bytes(task.payload), ENCODINGS[task.encoding])
-        prepare_image(data, spec, out=slab[task.slot])
+        prepare_pixels(data, spec, out=slab[task.slot])
         return Reply(task.task_id, STATUS_OK)
     except InputError as e:
         return Reply(task.task_id, STATUS_INPUT_ERROR, e.message)

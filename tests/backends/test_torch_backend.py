@@ -272,7 +272,7 @@ def test_bad_input_shape_or_dtype(tiny_dir):
     backend = _load(tiny_dir["vit"])
     with pytest.raises(BackendError, match=r"expected pixels of shape \(B, 3, 224, 224\)"):
         backend.embed_images(np.zeros((1, 3, 64, 64), np.float32))
-    with pytest.raises(BackendError, match="float32"):
+    with pytest.raises(BackendError, match="uint8 or float32"):
         backend.embed_images(np.zeros((1, 3, 224, 224), np.float64))
 
 
@@ -296,3 +296,13 @@ def test_warmup_threads_and_close(tiny_dir):
     backend.close()
     with pytest.raises(BackendError, match="closed"):
         backend.embed_images(_pixels(1))
+
+
+def test_uint8_pixels_are_normalised_with_the_configured_affine(tiny_dir):
+    scale, offset = (1 / 127.5, 1 / 100.0, 1 / 50.0), (-1.0, -0.5, 0.25)
+    backend = _load(tiny_dir["vit"], pixel_scale=scale, pixel_offset=offset)
+    raw = np.random.default_rng(3).integers(0, 256, size=(2, 3, 224, 224), dtype=np.uint8)
+    normalised = (raw.astype(np.float32) * np.float32(scale).reshape(1, 3, 1, 1)
+                  + np.float32(offset).reshape(1, 3, 1, 1)).astype(np.float32)
+    np.testing.assert_allclose(backend.embed_images(raw), backend.embed_images(normalised), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(backend.embed_images(raw), _reference(tiny_dir["vit"], "vit", normalised), atol=1e-5)

@@ -67,7 +67,7 @@ def test_vectors_are_each_clients_own_under_concurrency():
         for t in threads:
             t.join()
     for i, color in enumerate(colors):
-        expected = (np.array(color) / 255 - 0.5) / 0.5 + 1.0
+        expected = np.array(color) / 255 + 1.0
         np.testing.assert_allclose(results[i][0][:3], expected, atol=1e-5)
     assert max(backend.batch_sizes) > 1
 

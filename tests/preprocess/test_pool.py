@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from iei.errors import InputError, PreprocessWorkerDied
-from iei.preprocess.image import prepare_image
+from iei.preprocess.image import prepare_pixels
 from iei.preprocess.pool import PreprocessPool
 from iei.preprocess.spec import make_spec
 
@@ -34,11 +34,11 @@ async def pool():
     await p.close()
 
 
-async def test_prepared_slot_equals_prepare_image(pool):
+async def test_prepared_slot_equals_prepare_pixels(pool):
     data = png()
     slot = await pool.acquire_slot()
     await pool.prepare(data, "raw", slot)
-    np.testing.assert_array_equal(pool.pixels[slot], prepare_image(data, SPEC))
+    np.testing.assert_array_equal(pool.pixels[slot], prepare_pixels(data, SPEC))
     pool.release_slot(slot)
 
 
@@ -47,7 +47,7 @@ async def test_base64_str_payload(pool):
 
     slot = await pool.acquire_slot()
     await pool.prepare("data:image/png;base64," + base64.b64encode(png()).decode(), "base64", slot)
-    np.testing.assert_array_equal(pool.pixels[slot], prepare_image(png(), SPEC))
+    np.testing.assert_array_equal(pool.pixels[slot], prepare_pixels(png(), SPEC))
     pool.release_slot(slot)
 
 
