@@ -11,7 +11,7 @@ import os
 import socket
 import struct
 from multiprocessing.connection import Connection
-from typing import Callable
+from typing import Callable, Iterator
 
 HEADER = struct.Struct("!i")  # multiprocessing.Connection's frame header for frames under 2 GiB
 
@@ -51,3 +51,44 @@ async def connect(conn: Connection, on_frame: Callable[[bytes], None], on_lost: 
 
 def send_frame(transport: asyncio.Transport, frame: bytes) -> None:
     transport.writelines((HEADER.pack(len(frame)), frame))
+
+
+def send_frames(transport: asyncio.Transport, frames: list[bytes]) -> None:
+    """Several frames in one write (one system call)."""
+    parts: list[bytes] = []
+    for frame in frames:
+        parts += (HEADER.pack(len(frame)), frame)
+    transport.writelines(parts)
+
+
+class FrameReader:
+    """The child's side: blocking reads of frames, many per `recv` when the parent has queued several
+    (multiprocessing's `recv_bytes` costs two system calls per frame)."""
+
+    def __init__(self, conn: Connection, chunk: int = 1 << 20) -> None:
+        self._sock = socket.socket(fileno=os.dup(conn.fileno()))
+        self._sock.setblocking(True)
+        self._buffer = bytearray()
+        self._chunk = chunk
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Frames until the parent closes its end."""
+        buf = self._buffer
+        while True:
+            while len(buf) >= 4:
+                (size,) = HEADER.unpack_from(buf)
+                if len(buf) < 4 + size:
+                    break
+                frame = bytes(buf[4 : 4 + size])
+                del buf[: 4 + size]
+                yield frame
+            try:
+                data = self._sock.recv(self._chunk)
+            except OSError:
+                return
+            if not data:
+                return
+            buf += data
+
+    def close(self) -> None:
+        self._sock.close()

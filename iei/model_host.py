@@ -24,6 +24,7 @@ import msgspec
 import numpy as np
 
 from backends import BackendConfig, BackendError, load_backend
+from iei.ipc import FrameReader
 from iei.preprocess.worker import attach_slab
 
 log = logging.getLogger("iei.model")
@@ -73,17 +74,16 @@ def host_main(conn: Connection, backend_name: str, config_bytes: bytes, log_form
         return
     encode, decode = msgspec.msgpack.encode, msgspec.msgpack.decode
     shm = slab = None
+    frames = FrameReader(conn)
     try:
-        while True:
-            try:
-                message = decode(conn.recv_bytes())
-            except (EOFError, OSError):
-                return  # the server closed the pipe: shut down
+        for frame in frames:  # ends when the server closes the pipe
+            message = decode(frame)
             if message[0] == "attach":
                 shm, slab = attach_slab(message[1], tuple(message[2]))
                 continue
             conn.send_bytes(encode(_run_batch(backend, slab, message[0], message[1])))
     finally:
+        frames.close()
         backend.close()
         del slab
         if shm is not None:

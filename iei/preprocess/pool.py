@@ -22,7 +22,7 @@ import msgspec
 import numpy as np
 
 from iei.errors import InputError, PreprocessWorkerDied
-from iei.ipc import connect, send_frame
+from iei.ipc import connect, send_frames
 from iei.preprocess.spec import PreprocessSpec
 from iei.preprocess.worker import ENCODINGS, STATUS_INPUT_ERROR, STATUS_OK, Reply, Task, worker_main
 
@@ -43,6 +43,7 @@ class _Worker:
         self.inflight: dict[int, tuple[asyncio.Future, int]] = {}
         self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
         self.alive = False
+        self.outbox: list[bytes] = []  # frames to send at the end of this loop iteration
 
     async def spawn(self) -> None:
         ctx = multiprocessing.get_context("spawn")
@@ -60,9 +61,15 @@ class _Worker:
         self.alive = True
 
     def send(self, task: Task, future: asyncio.Future) -> None:
-        frame = self.pool.encode(task)
         self.inflight[task.task_id] = (future, task.slot)
-        send_frame(self.transport, frame)  # type: ignore[arg-type]
+        if not self.outbox:  # coalesce this loop iteration's tasks into one write
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.outbox.append(self.pool.encode(task))
+
+    def flush(self) -> None:
+        frames, self.outbox = self.outbox, []
+        if self.transport is not None and not self.transport.is_closing():
+            send_frames(self.transport, frames)
 
     def on_frame(self, frame: bytes) -> None:
         if not self.ready.done():

@@ -17,6 +17,7 @@ import msgspec
 import numpy as np
 
 from iei.errors import InputError
+from iei.ipc import FrameReader
 from iei.preprocess.image import decode_payload, prepare_pixels
 from iei.preprocess.spec import PreprocessSpec
 
@@ -75,13 +76,11 @@ def worker_main(conn: Connection, slab_name: str, slab_shape: tuple[int, ...], s
     decode_task = msgspec.msgpack.Decoder(Task).decode
     encode = msgspec.msgpack.Encoder().encode
     conn.send_bytes(b"ready")
+    frames = FrameReader(conn)
     try:
-        while True:
-            try:
-                frame = conn.recv_bytes()
-            except (EOFError, OSError):
-                return  # the server closed our pipe: shut down quietly
+        for frame in frames:  # ends when the server closes our pipe
             conn.send_bytes(encode(run_task(decode_task(frame), spec, slab)))
     finally:
+        frames.close()
         del slab
         shm.close()

@@ -71,18 +71,27 @@ async def _disconnected(request: Request) -> None:
 
 
 async def _unless_disconnected(request: Request, work: Awaitable[EmbedResult]) -> EmbedResult:
-    """Await `work`, cancelling it (so its queued images are dropped) if the client disconnects."""
-    loop = asyncio.get_running_loop()
-    task = loop.create_task(work)
-    watcher = loop.create_task(_disconnected(request))
-    watcher.add_done_callback(lambda w: task.cancel())
+    """Await `work`; if the client disconnects meanwhile, cancel it (so its queued images are dropped
+    before inference) and raise ClientGone. The work runs in this task: only the watcher is extra."""
+    task = asyncio.current_task()
+    state = {"done": False, "gone": False}
+
+    def on_disconnect(watcher: asyncio.Task) -> None:
+        if not watcher.cancelled() and not state["done"]:
+            state["gone"] = True
+            task.cancel()  # type: ignore[union-attr]
+
+    watcher = asyncio.get_running_loop().create_task(_disconnected(request))
+    watcher.add_done_callback(on_disconnect)
     try:
-        return await task
+        return await work
     except asyncio.CancelledError:
-        if watcher.done() and not watcher.cancelled():
+        if state["gone"]:
+            task.uncancel()  # type: ignore[union-attr]  # our own cancellation: answer normally
             raise ClientGone() from None
         raise
     finally:
+        state["done"] = True
         watcher.cancel()
 
 
