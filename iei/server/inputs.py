@@ -11,7 +11,7 @@ from litestar.datastructures import UploadFile
 
 from iei.engine import ImagePayload
 from iei.errors import UnsupportedMediaType, ValidationFailed
-from iei.server.schemas import EmbedRequest
+from iei.server.schemas import EmbedRequest, OpenAIEmbeddingRequest
 
 T = TypeVar("T")
 
@@ -25,6 +25,7 @@ class EmbedInputs(NamedTuple):
     images: list[ImagePayload]
     normalize: bool
     dimensions: int | None
+    encoding_format: str = "float"  # /v1/embeddings: "float" or "base64"
 
 
 def media_type(request: Request) -> str:
@@ -62,6 +63,15 @@ async def read_embed_inputs(request: Request) -> EmbedInputs:
         f"unsupported Content-Type {media!r}: send application/json, multipart/form-data, or a raw image body "
         "(image/* or application/octet-stream)"
     )
+
+
+async def read_openai_inputs(request: Request) -> EmbedInputs:
+    media = media_type(request)
+    if not is_json(media):
+        raise UnsupportedMediaType(f"unsupported Content-Type {media!r}: send application/json")
+    req = decode_json(await request.body(), OpenAIEmbeddingRequest)
+    images = [ImagePayload(s, "base64") for s in as_list(req.input)]
+    return EmbedInputs(images, True, req.dimensions, req.encoding_format)
 
 
 async def _read_multipart(request: Request) -> EmbedInputs:

@@ -10,6 +10,7 @@ import itertools
 import logging
 import os
 import time
+from functools import partial
 from typing import Awaitable, Callable
 
 import msgspec
@@ -18,13 +19,12 @@ from litestar.exceptions import HTTPException
 from litestar.handlers import HTTPRouteHandler
 
 from iei import __version__
-from iei.engine import EmbeddingEngine, EmbedResult, ImagePayload
-from iei.errors import IEIError, Unauthorized, Unhealthy, UnsupportedMediaType
+from iei.engine import EmbeddingEngine, EmbedResult
+from iei.errors import IEIError, Unauthorized, Unhealthy
 from iei.server.errors import ERROR_TYPE_BY_STATUS, HTTPError
-from iei.server.inputs import INPUT_FORMATS, as_list, decode_json, read_embed_inputs, media_type, is_json
+from iei.server.inputs import INPUT_FORMATS, EmbedInputs, read_embed_inputs, read_openai_inputs
 from iei.server.schemas import (
-    HealthBody, ImageSize, Info, ModelType, OpenAIEmbedding, OpenAIEmbeddingRequest, OpenAIEmbeddingResponse,
-    OpenAIUsage, Pooling,
+    HealthBody, ImageSize, Info, ModelType, OpenAIEmbedding, OpenAIEmbeddingResponse, OpenAIUsage, Pooling,
 )
 
 access_log = logging.getLogger("iei.access")
@@ -122,8 +122,8 @@ def _litestar_message(error: HTTPException) -> str:
     return str(error.detail)
 
 
-Reader = Callable[[Request], Awaitable[tuple[list[ImagePayload], bool, int | None]]]
-Renderer = Callable[[EmbedResult], bytes]
+Reader = Callable[[Request], Awaitable[EmbedInputs]]
+Renderer = Callable[[EmbedResult, EmbedInputs], bytes]
 
 
 async def _serve(state: AppState, request: Request, route: str, read: Reader, render: Renderer,
@@ -134,10 +134,10 @@ async def _serve(state: AppState, request: Request, route: str, read: Reader, re
     try:
         state.check_api_key(request)
         engine = state.require_engine()
-        images, normalize, dimensions = await read(request)
-        result = await _unless_disconnected(request, engine.embed(images, normalize=normalize, dimensions=dimensions,
-                                                                  field=field))
-        status, body, headers, outcome = 200, render(result), {}, "success"
+        inputs = await read(request)
+        result = await _unless_disconnected(request, engine.embed(
+            inputs.images, normalize=inputs.normalize, dimensions=inputs.dimensions, field=field))
+        status, body, headers, outcome = 200, render(result, inputs), {}, "success"
     except ClientGone:
         status, body, headers, outcome = 499, b"", {}, "ClientGone"
     except Exception as e:  # every error leaves as JSON; text of unexpected ones stays in the log
@@ -146,12 +146,12 @@ async def _serve(state: AppState, request: Request, route: str, read: Reader, re
     total_s = time.perf_counter() - start
     headers.update(_timing_headers(total_s, result))
     headers["x-request-id"] = request_id
-    _record(state, route, request_id, outcome, status, total_s, result, len(body))
+    _record(state, route, request_id, outcome, status, total_s, result)
     return Response(content=body, status_code=status, media_type=JSON, headers=headers)
 
 
 def _record(state: AppState, route: str, request_id: str, outcome: str, status: int, total_s: float,
-            result: EmbedResult | None, size: int) -> None:
+            result: EmbedResult | None) -> None:
     stages = tuple(result.timings) if result is not None else None
     if state.engine is not None:
         state.engine.metrics.observe_request(route, outcome, total_s, stages)
@@ -166,12 +166,12 @@ def _record(state: AppState, route: str, request_id: str, outcome: str, status: 
 
 # -- renderers ------------------------------------------------------------------------------
 
-def _render_tei(result: EmbedResult) -> bytes:
+def _render_tei(result: EmbedResult, inputs: EmbedInputs) -> bytes:
     return msgspec.json.encode(result.vectors.tolist())
 
 
-def _render_openai(model_name: str, encoding_format: str, result: EmbedResult) -> bytes:
-    if encoding_format == "base64":
+def _render_openai(model_name: str, result: EmbedResult, inputs: EmbedInputs) -> bytes:
+    if inputs.encoding_format == "base64":
         data = [OpenAIEmbedding(base64.b64encode(v.astype("<f4").tobytes()).decode("ascii"), i)
                 for i, v in enumerate(result.vectors)]
     else:
@@ -194,20 +194,8 @@ def build_route_handlers(state: AppState) -> list[HTTPRouteHandler]:
     @post("/v1/embeddings", status_code=200, summary="OpenAI-compatible embeddings",
           description="`{\"input\": base64 | [base64], \"encoding_format\": \"float\" | \"base64\", \"dimensions\": n}`")
     async def openai_embeddings(request: Request) -> Response:
-        encoding = ["float"]
-
-        async def read(req: Request):
-            media = media_type(req)
-            if not is_json(media):
-                raise UnsupportedMediaType(f"unsupported Content-Type {media!r}: send application/json")
-            body = decode_json(await req.body(), OpenAIEmbeddingRequest)
-            encoding[0] = body.encoding_format
-            return [ImagePayload(s, "base64") for s in as_list(body.input)], True, body.dimensions
-
-        def render(result: EmbedResult) -> bytes:
-            return _render_openai(settings.model_name, encoding[0], result)
-
-        return await _serve(state, request, "/v1/embeddings", read, render, HTTPError.openai_body, field="input")
+        return await _serve(state, request, "/v1/embeddings", read_openai_inputs,
+                            partial(_render_openai, settings.model_name), HTTPError.openai_body, field="input")
 
     @get("/health", summary="Readiness: 200 once the model answers, else 503")
     async def health() -> Response:
