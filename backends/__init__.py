@@ -15,6 +15,8 @@ __all__ = ["Backend", "BackendConfig", "BackendError", "ModelInfo", "load_backen
 # name -> (module, factory function, pip extra that provides it)
 BACKENDS: dict[str, tuple[str, str, str]] = {
     "torch": ("backends.torch_backend", "load_torch_backend", "iei[torch]"),
+    "onnx": ("backends.onnx_backend", "load_onnx_backend", "iei[onnx]"),
+    "tensorrt": ("backends.onnx_backend", "load_tensorrt_backend", "iei[onnx]"),
 }
 
 

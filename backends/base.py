@@ -31,6 +31,12 @@ class BackendConfig(msgspec.Struct, frozen=True, kw_only=True):
     # processor's rescale and normalise folded together; see iei.preprocess.image.pixel_affine).
     pixel_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
     pixel_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    # ONNX Runtime backends (onnx, tensorrt); the torch backend ignores these.
+    onnx_optimize: str = "O2"  # none | O1 | O2 | O3 (graph optimisation of the exported model)
+    onnx_opset: int = 0  # 0: the exporter's default for the model type
+    quantize: str = "none"  # none | int8 (dynamic int8, CPU provider)
+    onnx_cache_dir: str | None = None  # exported models (None: ~/.cache/iei/onnx)
+    allow_cpu_fallback: bool = False  # run on the CPU provider when the requested GPU provider is missing
 
 
 class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -47,6 +53,9 @@ class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
     image_size: tuple[int, int]  # (height, width) of the pixel tensor the model takes
     modalities: tuple[str, ...] = ("image",)  # room for text towers later
     random_weights: bool = False
+    provider: str | None = None  # e.g. "CPUExecutionProvider" (ONNX Runtime backends)
+    precision: str | None = None  # fp32 | fp16 | int8 (ONNX Runtime backends)
+    model_file: str | None = None  # the ONNX file in use
 
 
 class BackendError(Exception):

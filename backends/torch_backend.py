@@ -258,3 +258,37 @@ def load_torch_backend(config: BackendConfig) -> TorchBackend:
                    for v in (config.pixel_scale, config.pixel_offset))
     return TorchBackend(embedder, info, device, dtype, num_channels, config.max_batch_size, affine)
 
+
+
+# -- for exporters (backends.onnx_export): the same model and pooling, on the CPU in float32 --------
+
+
+def read_model_config(config: BackendConfig) -> tuple[Any, str, str | None]:
+    """The model's transformers config, its pooling and its commit sha (None for local folders and dummy
+    weights), without loading any weights. Raises BackendError."""
+    from transformers import AutoConfig
+
+    source = config.config_dir if config.load_format == "dummy" else config.model
+    if config.load_format == "dummy" and not source:
+        raise BackendError(f"load_format 'dummy' for {config.model!r} needs a config_dir holding config.json")
+    if config.load_format == "auto" and source.startswith(("/", "./", "../", "~")) and not Path(source).expanduser().is_dir():
+        raise BackendError(f"could not load model {source!r}: the folder does not exist")
+    try:
+        hf_config = AutoConfig.from_pretrained(source, revision=None if config.load_format == "dummy" else config.revision)
+    except Exception as e:
+        raise BackendError(f"could not read the config of model {config.model!r}: {_short(e)}") from e
+    _check_vision_config(hf_config, config.model)
+    sha = None if config.load_format == "dummy" else getattr(hf_config, "_commit_hash", None)
+    return hf_config, _pick_pooling(hf_config, config.pooling), sha
+
+
+def load_cpu_embedder(config: BackendConfig) -> tuple[EmbeddingModel, Any, str]:
+    """The torch backend's `EmbeddingModel` (model + pooling) on the CPU in float32, in eval mode, for
+    tracing. Returns (embedder, transformers config, pooling). Raises BackendError."""
+    loader = _load_dummy if config.load_format == "dummy" else _load_auto
+    model, pooling, _ = loader(config, config.pooling)
+    try:
+        embedder = EmbeddingModel(model.to(dtype=torch.float32).eval(), pooling).eval()
+    except PoolingError as e:
+        raise BackendError(str(e)) from None
+    return embedder, model.config, pooling

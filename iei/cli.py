@@ -1,4 +1,4 @@
-"""The `iei` command: `iei serve` starts the HTTP server."""
+"""The `iei` command: `iei serve` starts the HTTP server; `iei export` exports a model to ONNX."""
 
 from __future__ import annotations
 
@@ -22,7 +22,54 @@ def build_parser() -> argparse.ArgumentParser:
                     "Every flag can also be set by the environment variable named in its help.",
     )
     add_settings_arguments(serve)
+    export = commands.add_parser(
+        "export", help="Export a model to ONNX ahead of time.",
+        description="Export MODEL's embedding (model + pooling) to ONNX into DIR, for `iei serve --backend onnx "
+                    "--model DIR` (or tensorrt). Runs offline on the CPU.",
+    )
+    export.add_argument("model", help="Hugging Face hub id or local folder.")
+    export.add_argument("--output", required=True, help="Folder to write (created; must not hold another export).")
+    export.add_argument("--revision", default=None, help="Model revision on the hub.")
+    export.add_argument("--load-format", default="auto", choices=("auto", "dummy"),
+                        help="dummy: RANDOM weights built from the config (tests, benchmarks).")
+    export.add_argument("--pooling", default=None, help="mean, cls or pooler (default: the family's).")
+    export.add_argument("--optimize", default="O2", choices=("none", "O1", "O2", "O3"), help="Graph optimisation level.")
+    export.add_argument("--quantize", default="none", choices=("none", "int8"), help="int8: dynamic int8 (CPU provider).")
+    export.add_argument("--dtype", default="fp32", choices=("fp32", "fp16"), help="fp16: a float16 graph (CUDA provider).")
+    export.add_argument("--opset", type=int, default=0, help="ONNX opset (0: the exporter's default).")
     return parser
+
+
+def export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from backends import BackendConfig, BackendError
+    from iei.models import ModelNotFound, resolve_model
+
+    if args.quantize == "int8" and args.dtype == "fp16":
+        log.error("cannot export: --quantize int8 and --dtype fp16 exclude each other")
+        return 2
+    out = Path(args.output).expanduser()
+    if out.exists() and any(out.iterdir()):
+        log.error("cannot export: %s exists and is not empty", out)
+        return 2
+    try:
+        from backends.onnx_export import ExportOptions, export_model
+
+        source = resolve_model(args.model, args.revision, args.load_format)
+        config = BackendConfig(model=args.model, revision=args.revision, load_format=source.load_format,
+                               config_dir=source.config_dir, pooling=args.pooling, device="cpu")
+        precision = "int8" if args.quantize == "int8" else args.dtype
+        manifest = export_model(config, ExportOptions(opset=args.opset, optimize=args.optimize, precision=precision), out)
+    except ImportError as e:
+        log.error("cannot export: packages missing (%s): pip install 'iei[onnx]'", e.name)
+        return 2
+    except (ModelNotFound, BackendError, ValueError, OSError) as e:
+        log.error("cannot export: %s", e)
+        return 2
+    print(f"exported {args.model} ({manifest.model_type}, {manifest.precision}, optimise {manifest.optimize}, "
+          f"dim {manifest.embedding_dim}) to {out}; serve it with: iei serve --backend onnx --model {out}")
+    return 0
 
 
 def serve(settings: Settings) -> int:
@@ -47,12 +94,14 @@ def serve(settings: Settings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = settings_from(args)
+    settings = settings_from(args if args.command == "serve" else None)
     from iei.logs import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
     if args.command == "serve":
         return serve(settings)
+    if args.command == "export":
+        return export(args)
     return 1
 
 

@@ -92,7 +92,8 @@ class EmbeddingEngine:
             model=settings.model, revision=settings.revision, load_format=settings.load_format,
             config_dir=source.config_dir, device=settings.device, dtype=settings.dtype, pooling=settings.pooling,
             num_threads=settings.backend_threads, max_batch_size=settings.max_batch_size,
-            pixel_scale=scale, pixel_offset=offset,
+            pixel_scale=scale, pixel_offset=offset, onnx_optimize=settings.onnx_optimize, quantize=settings.quantize,
+            onnx_cache_dir=settings.onnx_cache_path, allow_cpu_fallback=settings.allow_cpu_fallback,
         ), settings.log_format, settings.log_level)
         return cls(settings, model, spec)
 

@@ -212,7 +212,8 @@ def build_route_handlers(state: AppState) -> list[HTTPRouteHandler]:
         return Info(
             model_id=settings.model, model_sha=model.model_sha, model_dtype=model.dtype,
             model_type=ModelType(Pooling(model.pooling)), served_model_name=settings.model_name,
-            backend=model.backend, device=model.device, embedding_dim=model.embedding_dim,
+            backend=model.backend, provider=model.provider, model_precision=model.precision,
+            model_file=model.model_file, device=model.device, embedding_dim=model.embedding_dim,
             image_size=ImageSize(engine.spec.output_height, engine.spec.output_width),
             max_concurrent_requests=settings.max_concurrent_requests, max_batch_size=settings.max_batch_size,
             max_batch_delay_ms=settings.max_batch_delay_ms, max_client_batch_size=settings.max_client_batch_size,

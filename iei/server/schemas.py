@@ -82,6 +82,9 @@ class Info(msgspec.Struct):
     model_type: ModelType
     served_model_name: str
     backend: str
+    provider: str | None  # ONNX Runtime execution provider, None for torch
+    model_precision: str | None  # fp32 | fp16 | int8 for ONNX Runtime backends
+    model_file: str | None  # the ONNX file in use, None for torch
     device: str
     embedding_dim: int
     image_size: ImageSize

@@ -1,0 +1,173 @@
+"""The ONNX Runtime runtime ("onnx": CPU or CUDA provider; "tensorrt": the TensorRT provider).
+
+The graph is the torch backend's `EmbeddingModel` exported by Optimum (`backends.onnx_export`), so it
+returns the pooled embedding itself: both backends share one definition of the embedding. The model
+comes from a folder written by `iei export` (passed as the model), or from the export cache, exported on
+first start. Providers and precision are planned by `backends.onnx_providers`.
+
+Driven from the model process's main thread only; never called concurrently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from backends.base import BackendConfig, BackendError, ModelInfo
+from backends.onnx_export import MODEL_FILE, ExportOptions, Manifest, cached_export, is_export_folder, read_export
+from backends.onnx_providers import CPU, ProviderPlan, plan_providers, session_options
+
+logger = logging.getLogger("iei.backends.onnx")
+
+_CPU_WARMUP_CAP = 8
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "iei" / "onnx"
+
+
+def _short(e: BaseException, limit: int = 300) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class OnnxBackend:
+    """A loaded ONNX Runtime session computing float32 (B, D) pooled embeddings. Build with
+    `load_onnx_backend` / `load_tensorrt_backend`. All methods run on the model thread and block."""
+
+    def __init__(self, session: Any, manifest: Manifest, plan: ProviderPlan, info: ModelInfo, max_batch_size: int,
+                 pixel_affine: tuple[np.ndarray, np.ndarray]) -> None:
+        self._session = session  # owned by the model thread
+        self._input, self._output = manifest.input_name, manifest.output_name
+        self._num_channels = manifest.num_channels
+        self._io_binding = plan.io_binding
+        self._on_gpu = plan.device != "cpu"
+        self._scale, self._offset = pixel_affine  # float32 (1, C, 1, 1)
+        self._max_batch_size = max_batch_size
+        self.info = info
+
+    def _normalise(self, pixels: np.ndarray) -> np.ndarray:
+        if pixels.dtype == np.float32:
+            return np.ascontiguousarray(pixels)
+        x = pixels.astype(np.float32)
+        x *= self._scale
+        x += self._offset
+        return x
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        if not self._io_binding:
+            return self._session.run([self._output], {self._input: x})[0]
+        binding = self._session.io_binding()
+        binding.bind_cpu_input(self._input, x)
+        binding.bind_output(self._output)  # on the provider's device; copied back once below
+        self._session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    def embed_images(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 (B, C, H, W) raw pixels or float32 normalised ones -> float32 (B, D), pooled, not
+        L2-normalised. Raises BackendError."""
+        h, w = self.info.image_size
+        if not isinstance(pixels, np.ndarray) or pixels.ndim != 4 or pixels.shape[1:] != (self._num_channels, h, w):
+            got = getattr(pixels, "shape", type(pixels).__name__)
+            raise BackendError(f"expected pixels of shape (B, {self._num_channels}, {h}, {w}), got {got}")
+        if pixels.dtype not in (np.uint8, np.float32):
+            raise BackendError(f"expected uint8 or float32 pixels, got {pixels.dtype}")
+        if self._session is None:
+            raise BackendError("the model has been closed")
+        try:
+            return np.asarray(self._run(self._normalise(pixels)), dtype=np.float32)
+        except Exception as e:
+            raise BackendError(f"model failed on a batch of {pixels.shape[0]} images: {type(e).__name__}: {_short(e, 200)}") from e
+
+    def warmup(self) -> None:
+        """Zeros at batch 1 and at the largest batch (capped at 8 on CPU; on TensorRT this builds the engine)."""
+        h, w = self.info.image_size
+        largest = self._max_batch_size if self._on_gpu else min(self._max_batch_size, _CPU_WARMUP_CAP)
+        for batch in sorted({1, max(1, largest)}):
+            self.embed_images(np.zeros((batch, self._num_channels, h, w), dtype=np.uint8))
+
+    def close(self) -> None:
+        self._session = None
+
+
+def _plan(backend: str, config: BackendConfig, image_shape: tuple[int, int, int], trt_cache: str | None) -> ProviderPlan:
+    import onnxruntime as ort
+
+    plan = plan_providers(backend, device=config.device, dtype=config.dtype, quantize=config.quantize,
+                          available=ort.get_available_providers(), allow_cpu_fallback=config.allow_cpu_fallback,
+                          max_batch_size=config.max_batch_size, image_shape=image_shape, trt_cache_dir=trt_cache)
+    return plan
+
+
+def _pre_exported(config: BackendConfig, plan: ProviderPlan) -> tuple[Path, Manifest]:
+    folder = Path(config.model).expanduser()
+    manifest = read_export(folder)
+    if config.quantize == "int8" and manifest.precision != "int8":
+        raise BackendError(f"--quantize int8 asked for, but {folder} was exported as {manifest.precision}; "
+                           "export it with `iei export --quantize int8`")
+    if manifest.precision != plan.graph_precision:
+        if manifest.precision == "int8" and plan.device != "cpu":
+            raise BackendError(f"{folder} holds an int8 model, which runs on the CPU provider only (--device cpu)")
+        if manifest.precision == "fp16" and plan.device == "cpu":
+            raise BackendError(f"{folder} holds a float16 model, which needs the CUDA provider")
+        logger.warning("%s holds a %s graph; running it as exported (requested %s)", folder, manifest.precision,
+                       plan.graph_precision)
+    return folder, manifest
+
+
+def _load(backend: str, config: BackendConfig) -> OnnxBackend:
+    cache_dir = Path(config.onnx_cache_dir).expanduser() if config.onnx_cache_dir else default_cache_dir()
+    plan = _plan(backend, config, (3, 224, 224), None)  # decides precision; re-planned below with real shapes
+    if plan.device == "cpu" and config.device not in ("cpu", "auto"):
+        logger.warning("falling back to the CPU provider (--allow-cpu-fallback): the GPU provider is not available")
+    if is_export_folder(config.model):
+        folder, manifest = _pre_exported(config, plan)
+    else:
+        options = ExportOptions(opset=config.onnx_opset, optimize=config.onnx_optimize, precision=plan.graph_precision)
+        folder, manifest = cached_export(config, options, cache_dir)
+    model_file = folder / MODEL_FILE
+    trt_cache = None
+    if backend == "tensorrt":
+        trt_cache = str(cache_dir / "tensorrt" / hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16])
+        Path(trt_cache).mkdir(parents=True, exist_ok=True)
+    plan = _plan(backend, config, (manifest.num_channels, *manifest.image_size), trt_cache)
+    try:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(model_file), sess_options=session_options(config.num_threads),
+                                       providers=list(plan.providers), provider_options=list(plan.provider_options))
+    except Exception as e:
+        raise BackendError(f"ONNX Runtime could not load {model_file}: {_short(e)}") from e
+    active = session.get_providers()
+    if active[0] != plan.providers[0]:  # ORT drops a provider that fails to initialise (missing CUDA libs)
+        raise BackendError(f"ONNX Runtime could not start {plan.providers[0]} (running providers: {', '.join(active)}); "
+                           "check the CUDA/cuDNN/TensorRT libraries onnxruntime-gpu needs")
+    info = ModelInfo(
+        model_id=config.model, model_sha=manifest.commit, model_type=manifest.model_type, backend=backend,
+        device=plan.device, dtype="float16" if plan.precision == "fp16" else "float32", pooling=manifest.pooling,
+        embedding_dim=manifest.embedding_dim, image_size=manifest.image_size, random_weights=manifest.random_weights,
+        provider=active[0], precision=plan.precision, model_file=str(model_file),
+    )
+    logger.info("loaded %s with ONNX Runtime (%s, %s, %s, optimise %s, pooling=%s, dim=%d)", config.model, active[0],
+                plan.device, plan.precision, manifest.optimize, manifest.pooling, manifest.embedding_dim)
+    affine = tuple(np.asarray(v, dtype=np.float32).reshape(1, -1, 1, 1) for v in (config.pixel_scale, config.pixel_offset))
+    return OnnxBackend(session, manifest, plan, info, config.max_batch_size, affine)
+
+
+def load_onnx_backend(config: BackendConfig) -> OnnxBackend:
+    """ONNX Runtime with the CUDA provider (device cuda/auto with onnxruntime-gpu) or the CPU provider.
+    Exports the model on first start (blocking; seconds to minutes). Raises BackendError."""
+    return _load("onnx", config)
+
+
+def load_tensorrt_backend(config: BackendConfig) -> OnnxBackend:
+    """ONNX Runtime with the TensorRT provider (fp16 by default, engine cache under the export cache,
+    dynamic batch profile 1..max_batch_size). Raises BackendError."""
+    return _load("tensorrt", config)
+
+
+__all__ = ["OnnxBackend", "load_onnx_backend", "load_tensorrt_backend", "default_cache_dir", "CPU"]

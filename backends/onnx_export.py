@@ -1,0 +1,380 @@
+"""Export a model's embedding to ONNX with Optimum, optimise/convert/quantise it, and cache the result.
+
+The exported graph is the torch backend's `backends.pooling.EmbeddingModel` (model + pooling) traced by
+Optimum's exporter with the family's feature-extraction ONNX config, whose outputs are replaced by the
+one pooled `embedding` (B, D). So there is one definition of "the embedding": the ONNX file computes
+exactly what the torch backend runs, and no backend re-implements pooling.
+
+Pipeline (all on the CPU, float32 trace): export -> graph optimisation (none | O1 | O2 | O3, ONNX
+Runtime's transformer optimiser) -> float16 copy (CUDA) or dynamic int8 quantisation (CPU, Optimum's
+config for the detected instruction set). A folder holds `model.onnx`, `config.json`,
+`preprocessor_config.json` and `iei-export.json` (the manifest: what was exported, how, by which
+package versions, and the sha256 of every ONNX file).
+
+Cache: `<cache_dir>/<model>/<key>/`, where key hashes the model id, revision/commit (or the local
+folder's file stats), pooling, opset, optimisation level, precision, int8 instruction set and the
+versions of torch, transformers, optimum-onnx, onnx and onnxruntime. An entry is built in a temporary
+folder and renamed into place, so a crash never leaves a half-written entry under its final name; an
+entry whose manifest or checksums do not match (truncated copy, disk error, hand edit) is rebuilt.
+Runs on the model process's main thread (or the `iei export` command); blocking, seconds to minutes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from backends.base import BackendConfig, BackendError
+from backends.onnx_providers import cpu_isa
+
+logger = logging.getLogger("iei.backends.onnx")
+
+MANIFEST = "iei-export.json"
+MODEL_FILE = "model.onnx"
+INPUT_NAME, OUTPUT_NAME = "pixel_values", "embedding"
+OPTIMIZE_LEVELS = ("none", "O1", "O2", "O3")
+PRECISIONS = ("fp32", "fp16", "int8")
+_FORMAT = 1  # bump when the folder layout or the exported graph changes meaning
+_PACKAGES = ("torch", "transformers", "optimum-onnx", "optimum", "onnx", "onnxruntime")
+# transformers model_type -> ONNX Runtime optimiser model type (BERT-style fusions suit every ViT-like
+# encoder; the CNNs only get LayerNorm/Gelu fusions, which is what matches there).
+_ORT_MODEL_TYPE = {"swin": "swin", "swinv2": "swin"}
+
+
+class ExportError(BackendError):
+    """The model cannot be exported (unsupported type, exporter failure)."""
+
+
+class CorruptExport(BackendError):
+    """An exported folder is incomplete or does not match its manifest."""
+
+
+class ExportOptions(msgspec.Struct, frozen=True, kw_only=True):
+    opset: int = 0  # 0: the exporter's default for the model type
+    optimize: str = "O2"  # none | O1 | O2 | O3
+    precision: str = "fp32"  # fp32 | fp16 | int8
+
+
+class Manifest(msgspec.Struct, frozen=True, kw_only=True):
+    """iei-export.json: what the folder holds. Written last, so its presence means the folder is complete."""
+
+    format: int
+    model_id: str
+    revision: str | None
+    commit: str | None
+    random_weights: bool
+    model_type: str
+    pooling: str
+    embedding_dim: int
+    image_size: tuple[int, int]
+    num_channels: int
+    opset: int
+    optimize: str
+    precision: str
+    int8_isa: str | None
+    input_name: str
+    output_name: str
+    files: dict[str, str]  # file name -> sha256
+    versions: dict[str, str]
+    # max |onnx - torch| on a fixed random batch, measured at export (fp32 ~1e-6; fp16/int8 larger)
+    check_max_abs_diff: float
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "-"
+    return versions
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _onnx_files(folder: Path) -> list[Path]:
+    """The graph and its external-data file, if the exporter split one off (models over 2 GB)."""
+    return sorted(p for p in folder.iterdir() if p.name == MODEL_FILE or p.name.startswith(MODEL_FILE + "_data"))
+
+
+def _source_fingerprint(config: BackendConfig) -> str | None:
+    """What identifies local weights: name, size and mtime of each file of the folder (cheap; a re-saved
+    folder gets a new entry). Hub models are identified by their commit instead."""
+    folder = Path(config.config_dir if config.load_format == "dummy" else config.model).expanduser()
+    if not folder.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for p in sorted(folder.iterdir()):
+        if p.is_file():
+            stat = p.stat()
+            digest.update(f"{p.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def effective_options(options: ExportOptions) -> ExportOptions:
+    """int8 graphs are quantised from the unfused export: ORT's quantiser cannot type the fused contrib ops
+    (BiasGelu, SkipLayerNormalization), and ORT fuses the quantised graph itself when the session loads."""
+    if options.precision == "int8" and options.optimize != "none":
+        return msgspec.structs.replace(options, optimize="none")
+    return options
+
+
+def cache_key(config: BackendConfig, pooling: str, commit: str | None, options: ExportOptions) -> dict[str, Any]:
+    """Everything that changes the exported file."""
+    return {
+        "format": _FORMAT, "model": config.model, "revision": config.revision, "commit": commit,
+        "load_format": config.load_format, "source": _source_fingerprint(config), "pooling": pooling,
+        "opset": options.opset, "optimize": options.optimize, "precision": options.precision,
+        "int8_isa": cpu_isa() if options.precision == "int8" else None, "versions": package_versions(),
+    }
+
+
+def cache_entry(cache_dir: str | os.PathLike, model: str, key: dict[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "--", model.strip("/~.")) or "model"
+    return Path(cache_dir).expanduser() / safe[-100:] / digest
+
+
+def is_export_folder(path: str | os.PathLike) -> bool:
+    folder = Path(path).expanduser()
+    return folder.is_dir() and ((folder / MODEL_FILE).is_file() or (folder / MANIFEST).is_file())
+
+
+def read_export(folder: str | os.PathLike, *, verify: bool = True) -> Manifest:
+    """The folder's manifest, after checking that every ONNX file is present with its recorded sha256.
+    Raises CorruptExport."""
+    folder = Path(folder).expanduser()
+    path = folder / MANIFEST
+    if not path.is_file():
+        if (folder / MODEL_FILE).is_file():
+            raise CorruptExport(
+                f"{folder} holds {MODEL_FILE} but no {MANIFEST}: IEI serves ONNX files it exported itself "
+                "(`iei export`), because the pooling is part of the exported graph")
+        raise CorruptExport(f"{folder} has no {MANIFEST} (incomplete export)")
+    try:
+        manifest = msgspec.json.decode(path.read_bytes(), type=Manifest)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise CorruptExport(f"{path} is unreadable: {e}") from None
+    if manifest.format != _FORMAT:
+        raise CorruptExport(f"{folder} was written by an incompatible IEI (export format {manifest.format}, expected {_FORMAT})")
+    if verify:
+        for name, expected in manifest.files.items():
+            file = folder / name
+            if not file.is_file():
+                raise CorruptExport(f"{folder} lacks {name}")
+            if _sha256(file) != expected:
+                raise CorruptExport(f"{file} does not match its checksum (truncated or modified)")
+    return manifest
+
+
+# -- building ------------------------------------------------------------------------------------
+
+
+def _onnx_config(hf_config: Any, model_id: str) -> Any:
+    """Optimum's feature-extraction ONNX config for the model type, with batch as the only dynamic axis
+    and the pooled `embedding` as the only output."""
+    import optimum.exporters.onnx.model_configs  # noqa: F401  (registers the ONNX configs)
+    from optimum.exporters.tasks import TasksManager
+
+    model_type = hf_config.model_type
+    try:
+        constructor = TasksManager.get_exporter_config_constructor(
+            exporter="onnx", model_type=model_type, task="feature-extraction", library_name="transformers")
+    except (KeyError, ValueError) as e:
+        raise ExportError(
+            f"model {model_id!r} (model type {model_type!r}) cannot be exported to ONNX: Optimum's exporter "
+            f"(optimum-onnx {package_versions()['optimum-onnx']}) does not support model type {model_type!r}; "
+            "serve it with --backend torch") from e
+    base = type(constructor(hf_config, task="feature-extraction"))
+
+    class EmbeddingOnnxConfig(base):  # type: ignore[misc, valid-type]
+        @property
+        def inputs(self) -> dict[str, dict[int, str]]:
+            return {INPUT_NAME: {0: "batch_size"}}
+
+        @property
+        def outputs(self) -> dict[str, dict[int, str]]:
+            return {OUTPUT_NAME: {0: "batch_size"}}
+
+    return EmbeddingOnnxConfig(hf_config, task="feature-extraction")
+
+
+def _optimize(path: Path, level: str, model_type: str) -> None:
+    """ONNX Runtime's offline graph optimisation, in place. O1: basic (constant folding, redundant nodes);
+    O2: plus transformer fusions (LayerNorm, SkipLayerNorm, BiasGelu, Attention); O3: plus approximate
+    GELU (FastGelu; drifts ~3e-4 from torch, hence not the default). Optimum's O-levels, applied through
+    ORT's optimiser directly because Optimum's ORTOptimizer only accepts a few model types."""
+    if level == "none":
+        return
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    ort_type = _ORT_MODEL_TYPE.get(model_type, "vit")
+    options = FusionOptions(ort_type)
+    options.enable_gelu_approximation = level == "O3"
+    optimized = optimize_model(str(path), model_type=ort_type, optimization_options=options, opt_level=1,
+                               only_onnxruntime=level == "O1")
+    optimized.save_model_to_file(str(path))
+
+
+def _to_fp16(path: Path) -> None:
+    """A float16 graph with float32 inputs and outputs (the backend feeds and reads float32)."""
+    import onnx
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    model = OnnxModel(onnx.load(str(path)))
+    model.convert_float_to_float16(keep_io_types=True)
+    model.save_model_to_file(str(path))
+
+
+def _quantize_int8(folder: Path) -> str:
+    """Dynamic int8 quantisation with Optimum's config for this CPU's instruction set (signed weights where
+    VNNI makes them exact and fast). Returns the ISA used."""
+    from optimum.onnxruntime import ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    isa = cpu_isa()
+    qconfig = getattr(AutoQuantizationConfig, isa)(is_static=False, per_channel=True)
+    quantized_dir = folder / "int8"
+    ORTQuantizer.from_pretrained(folder, file_name=MODEL_FILE).quantize(qconfig, quantized_dir)
+    produced = next(quantized_dir.glob("*.onnx"))
+    os.replace(produced, folder / MODEL_FILE)
+    shutil.rmtree(quantized_dir)
+    logger.info("quantised to int8 (%s, weights %s)", isa, qconfig.weights_dtype.name)
+    return isa
+
+
+def _save_processor(config: BackendConfig, out: Path) -> None:
+    if config.load_format == "dummy":
+        shutil.copyfile(Path(config.config_dir) / "preprocessor_config.json", out / "preprocessor_config.json")
+        return
+    from transformers import AutoImageProcessor
+
+    AutoImageProcessor.from_pretrained(config.model, revision=config.revision, use_fast=False).save_pretrained(out)
+
+
+def _check(path: Path, embedder: Any, image_shape: tuple[int, int, int]) -> tuple[int, float]:
+    """Run the final graph and torch on one fixed random batch: (embedding_dim, max abs difference)."""
+    import onnxruntime as ort
+    import torch
+
+    x = np.random.default_rng(0).standard_normal((2, *image_shape), dtype=np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+    with torch.inference_mode():
+        want = embedder(torch.from_numpy(x)).float().numpy()
+    if got.shape != want.shape:
+        raise ExportError(f"the exported graph returns shape {got.shape}, torch {want.shape}")
+    return int(got.shape[-1]), float(np.abs(got.astype(np.float32) - want).max())
+
+
+def export_model(config: BackendConfig, options: ExportOptions, out: str | os.PathLike) -> Manifest:
+    """Export `config`'s model into the empty (or new) folder `out`. Raises ExportError/BackendError."""
+    from backends.torch_backend import load_cpu_embedder, read_model_config
+
+    if options.optimize not in OPTIMIZE_LEVELS:
+        raise ExportError(f"unknown optimisation level {options.optimize!r}; use one of {', '.join(OPTIMIZE_LEVELS)}")
+    if options.precision not in PRECISIONS:
+        raise ExportError(f"unknown precision {options.precision!r}; use one of {', '.join(PRECISIONS)}")
+    options = effective_options(options)
+    out = Path(out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    hf_config, pooling, commit = read_model_config(config)
+    onnx_config = _onnx_config(hf_config, config.model)  # before loading weights: unsupported types fail fast
+    embedder, hf_config, pooling = load_cpu_embedder(config)
+    embedder.config = hf_config  # Optimum's exporter reads and sets `model.config`
+    size = hf_config.image_size
+    image_size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    image_shape = (int(hf_config.num_channels), *image_size)
+    path = out / MODEL_FILE
+    from optimum.exporters.onnx import export
+
+    opset = options.opset or onnx_config.DEFAULT_ONNX_OPSET
+    try:
+        export(embedder, onnx_config, path, opset=opset, disable_dynamic_axes_fix=True)
+        _optimize(path, options.optimize, hf_config.model_type)
+        if options.precision == "fp16":
+            _to_fp16(path)
+        hf_config.save_pretrained(out)
+        _save_processor(config, out)
+        isa = _quantize_int8(out) if options.precision == "int8" else None
+        dim, diff = _check(path, embedder, image_shape)
+    except BackendError:
+        raise
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ExportError(f"exporting model {config.model!r} (model type {hf_config.model_type!r}) to ONNX failed: "
+                          f"{type(e).__name__}: {first}") from e
+    manifest = Manifest(
+        format=_FORMAT, model_id=config.model, revision=config.revision, commit=commit,
+        random_weights=config.load_format == "dummy", model_type=hf_config.model_type, pooling=pooling,
+        embedding_dim=dim, image_size=image_size, num_channels=image_shape[0], opset=opset,
+        optimize=options.optimize, precision=options.precision, int8_isa=isa, input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME, files={p.name: _sha256(p) for p in _onnx_files(out)},
+        versions=package_versions(), check_max_abs_diff=diff,
+    )
+    (out / MANIFEST).write_bytes(msgspec.json.format(msgspec.json.encode(manifest)))
+    logger.info("exported %s to %s (%s, %s, opset %d, max |onnx - torch| %.2e)", config.model, out,
+                options.optimize, options.precision, opset, diff)
+    return manifest
+
+
+def cached_export(config: BackendConfig, options: ExportOptions, cache_dir: str | os.PathLike) -> tuple[Path, Manifest]:
+    """The cache entry for this model and these options, exported first if missing or corrupt.
+    Returns (folder, manifest). Raises ExportError/BackendError."""
+    from backends.torch_backend import read_model_config
+
+    _, pooling, commit = read_model_config(config)
+    options = effective_options(options)
+    entry = cache_entry(cache_dir, config.model, cache_key(config, pooling, commit, options))
+    if entry.exists():
+        try:
+            manifest = read_export(entry)
+            logger.info("using the cached ONNX export %s", entry)
+            return entry, manifest
+        except CorruptExport as e:
+            logger.warning("rebuilding the ONNX cache entry: %s", e)
+            discard(entry)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=entry.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the entry may be shared
+    try:
+        manifest = export_model(config, options, staging)
+        try:
+            os.rename(staging, entry)  # atomic: the entry appears complete or not at all
+        except OSError:
+            if not entry.exists():
+                raise
+            shutil.rmtree(staging, ignore_errors=True)  # another process finished the same export first
+            manifest = read_export(entry)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return entry, manifest
+
+
+def discard(entry: Path) -> None:
+    """Remove a cache entry (renamed aside first, so a reader never sees it half-deleted)."""
+    aside = entry.with_name(f".discard-{entry.name}-{os.getpid()}")
+    try:
+        os.rename(entry, aside)
+    except OSError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
