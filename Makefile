@@ -4,13 +4,17 @@ PORT ?= 8000
 MODEL ?= google/vit-base-patch16-224
 STAMP := $(VENV)/.iei-installed
 
-.PHONY: install serve test test-fast bench clean
+.PHONY: install install-simd serve test test-fast bench clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml scripts/install.sh
 	VENV=$(VENV) bash scripts/install.sh
 	touch $(STAMP)
+
+# Optional: swap Pillow for pillow-simd (faster resize; see scripts/install.sh).
+install-simd: install
+	IEI_PILLOW_SIMD=1 VENV=$(VENV) bash scripts/install.sh
 
 # Starts the server on the default model with random weights (works offline).
 serve: install
