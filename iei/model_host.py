@@ -15,7 +15,6 @@ or [batch_id, False, message, 0, 0, started_at, duration_s].
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import time
 from multiprocessing.connection import Connection
@@ -63,9 +62,6 @@ def _run_batch(backend, slab: np.ndarray, batch_id: int, slots: list[int]) -> li
 def host_main(conn: Connection, backend_name: str, config_bytes: bytes, log_format: str, log_level: str) -> None:
     """Entry point of the model process (spawned)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when we stop
-    # Idle OpenMP threads sleep instead of spinning: the preprocessing workers and the event loop
-    # share the cores, and spinning threads starve them (read by libgomp when torch loads, below).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from iei.logs import configure_logging
 
     configure_logging(log_format, log_level)
