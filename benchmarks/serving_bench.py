@@ -49,7 +49,7 @@ ROOT = BENCH.parent
 CACHE = BENCH / ".cache"
 RESULTS = BENCH / "results"
 WRK_LUA = BENCH / "wrk" / "post_body.lua"
-IEI_BIN = ROOT / ".venv" / "bin" / "iei"
+IEI_VENV = ROOT / ".venv"  # --iei-venv picks another (e.g. one with pillow-simd)
 BASELINE_VENV = BENCH / ".venv-baselines"
 INFINITY_VENV = BENCH / ".venv-infinity"
 
@@ -272,7 +272,7 @@ def make_server(name: str, scenario: str, image: Path, iei_args: list[str]) -> S
     kind = SCENARIOS[scenario]["model"]
     if name == "iei":
         model = vit_model(kind)
-        cmd = [IEI_BIN, "serve", "--model", model, "--host", "127.0.0.1", "--port", str(port),
+        cmd = [IEI_VENV / "bin" / "iei", "serve", "--model", model, "--host", "127.0.0.1", "--port", str(port),
                "--log-level", "warning", *SCENARIOS[scenario].get("iei_args", []), *iei_args]
         body = json.dumps({"inputs": [b64(image)]}).encode()
         return Server(name, cmd, {}, port, "/embed", body, lambda r: r[0])
@@ -297,7 +297,8 @@ def make_server(name: str, scenario: str, image: Path, iei_args: list[str]) -> S
 def server_available(name: str) -> str | None:
     """None if the server can run here, else why not."""
     if name == "iei":
-        return None if IEI_BIN.exists() else f"{IEI_BIN} missing"
+        iei = IEI_VENV / "bin" / "iei"
+        return None if iei.exists() else f"{iei} missing"
     if name == "original":
         ok = (BASELINE_VENV / "bin" / "uvicorn").exists()
         return None if ok else "benchmarks/.venv-baselines missing: run bash benchmarks/baselines/install.sh"
@@ -446,7 +447,7 @@ def inprocess_throughput(model: Path, seconds: float, runs: int, sizes=INPROCESS
             raise RuntimeError(f"in-process benchmark failed: {proc.stderr[-1500:]}")
         result = {int(k): v for k, v in json.loads(m.group(1)).items()}
         noisy = other > quiet_cores and len(discarded) < max_retries
-        print(f"    in-process run: " + ", ".join(f"b{k}={v:.2f}" for k, v in result.items())
+        print("    in-process run: " + ", ".join(f"b{k}={v:.2f}" for k, v in result.items())
               + f"  (other processes {other:.2f} cores{'; DISCARDED, retrying' if noisy else ''})", flush=True)
         if noisy:
             discarded.append({"img_per_s": result, "other_cores": round(other, 2)})
@@ -668,6 +669,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compute-warmup", type=float, default=10, help="seconds of warm-up wrk run (compute)")
     p.add_argument("--runs", type=int, default=3, help="measured wrk runs per server (median reported)")
     p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (1 leaves the most CPU to servers)")
+    p.add_argument("--iei-venv", type=Path, default=ROOT / ".venv",
+                   help="virtual environment whose `iei` is benchmarked (e.g. .venv-simd from `make install-simd VENV=.venv-simd`)")
     p.add_argument("--iei-args", default="", help='extra `iei serve` flags, e.g. "--backend-threads 1"')
     p.add_argument("--inprocess-seconds", type=float, default=6, help="seconds per batch size, in-process run")
     p.add_argument("--inprocess-runs", type=int, default=3, help="fresh processes for the in-process numbers")
@@ -699,6 +702,8 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("wrk") is None:
         p.error("wrk not found (apt-get install wrk)")
     iei_args = shlex.split(args.iei_args)
+    global IEI_VENV
+    IEI_VENV = args.iei_venv.resolve()
     if args.inprocess_only:
         out = args.out or RESULTS / "serving"
         report = json.loads(out.with_suffix(".json").read_text())
