@@ -62,6 +62,16 @@ class BackendError(Exception):
     """The model failed on a batch (or at start-up). The message is safe to show a client."""
 
 
+def check_pixels(pixels: object, num_channels: int, image_size: tuple[int, int]) -> None:
+    """Raise BackendError unless `pixels` is a uint8 or float32 (B, C, H, W) array the model takes."""
+    h, w = image_size
+    if not isinstance(pixels, np.ndarray) or pixels.ndim != 4 or pixels.shape[1:] != (num_channels, h, w):
+        got = getattr(pixels, "shape", type(pixels).__name__)
+        raise BackendError(f"expected pixels of shape (B, {num_channels}, {h}, {w}), got {got}")
+    if pixels.dtype not in (np.uint8, np.float32):
+        raise BackendError(f"expected uint8 or float32 pixels, got {pixels.dtype}")
+
+
 class Backend(Protocol):
     """A loaded model. All methods run on the model thread and may block."""
 

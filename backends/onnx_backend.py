@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import BackendConfig, BackendError, ModelInfo
+from backends.base import BackendConfig, BackendError, ModelInfo, check_pixels
 from backends.onnx_export import MODEL_FILE, ExportOptions, Manifest, cached_export, is_export_folder, read_export
 from backends.onnx_providers import CPU, ProviderPlan, plan_providers, session_options
 
@@ -70,12 +70,7 @@ class OnnxBackend:
     def embed_images(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 (B, C, H, W) raw pixels or float32 normalised ones -> float32 (B, D), pooled, not
         L2-normalised. Raises BackendError."""
-        h, w = self.info.image_size
-        if not isinstance(pixels, np.ndarray) or pixels.ndim != 4 or pixels.shape[1:] != (self._num_channels, h, w):
-            got = getattr(pixels, "shape", type(pixels).__name__)
-            raise BackendError(f"expected pixels of shape (B, {self._num_channels}, {h}, {w}), got {got}")
-        if pixels.dtype not in (np.uint8, np.float32):
-            raise BackendError(f"expected uint8 or float32 pixels, got {pixels.dtype}")
+        check_pixels(pixels, self._num_channels, self.info.image_size)
         if self._session is None:
             raise BackendError("the model has been closed")
         try:

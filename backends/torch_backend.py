@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from backends.base import BackendConfig, BackendError, ModelInfo
+from backends.base import BackendConfig, BackendError, ModelInfo, check_pixels
 from backends.pooling import EmbeddingModel, PoolingError, model_kwargs, resolve_pooling
 
 logger = logging.getLogger("iei.backends")
@@ -102,12 +102,7 @@ class TorchBackend:
     def embed_images(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 (B, C, H, W) raw pixels or float32 normalised ones -> float32 (B, D), pooled, not
         L2-normalised. Raises BackendError."""
-        h, w = self.info.image_size
-        if not isinstance(pixels, np.ndarray) or pixels.ndim != 4 or pixels.shape[1:] != (self._num_channels, h, w):
-            got = getattr(pixels, "shape", type(pixels).__name__)
-            raise BackendError(f"expected pixels of shape (B, {self._num_channels}, {h}, {w}), got {got}")
-        if pixels.dtype not in (np.uint8, np.float32):
-            raise BackendError(f"expected uint8 or float32 pixels, got {pixels.dtype}")
+        check_pixels(pixels, self._num_channels, self.info.image_size)
         n = pixels.shape[0]
         if self._embedder is None:
             raise BackendError("the model has been closed")

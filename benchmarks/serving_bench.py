@@ -716,7 +716,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = machine_facts()
     reproduce = "bash benchmarks/baselines/install.sh --infinity && .venv/bin/python " + " ".join(
         shlex.quote(a) for a in ["benchmarks/serving_bench.py", *(argv if argv is not None else sys.argv[1:])])
-    report: dict[str, Any] = {"meta": meta, "args": vars(args) | {"out": str(args.out) if args.out else None},
+    report: dict[str, Any] = {"meta": meta, "args": vars(args) | {"out": str(args.out) if args.out else None, "iei_venv": str(args.iei_venv)},
                               "reproduce": reproduce.strip(), "scenarios": {}, "notes": []}
     if "compute" in scenarios:  # first: IEI's compute run uses the best in-process batch size
         add_inprocess(report, args)
