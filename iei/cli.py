@@ -87,16 +87,9 @@ def serve(settings: Settings) -> int:
         log.error("cannot start: %s", e)
         return 2
     app = create_app(settings, engine)
-    # httptools when installed (uvicorn[standard]), with one write per response; proxy headers are
-    # not used (no route needs the client address), so skip parsing them on every request.
-    try:
-        from iei.server.http_protocol import CoalescingHttpToolsProtocol
-
-        http: object = CoalescingHttpToolsProtocol
-    except ImportError:  # no httptools: uvicorn's pure-Python h11 protocol
-        http = "auto"
+    # Proxy headers are not parsed: no route needs the client address.
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-                loop="auto", http=http, proxy_headers=False, timeout_graceful_shutdown=30)
+                loop="auto", http="auto", proxy_headers=False, timeout_graceful_shutdown=30)
     return 0
 
 
