@@ -16,6 +16,20 @@ from typing import Callable, Iterator
 HEADER = struct.Struct("!i")  # multiprocessing.Connection's frame header for frames under 2 GiB
 
 
+def pop_frames(buf: bytearray) -> list[bytes]:
+    """Remove and return the complete frames at the front of `buf` (a partial frame stays)."""
+    frames = []
+    start = 0
+    while len(buf) - start >= 4:
+        (size,) = HEADER.unpack_from(buf, start)
+        if len(buf) - start < 4 + size:
+            break
+        frames.append(bytes(buf[start + 4 : start + 4 + size]))
+        start += 4 + size
+    del buf[:start]
+    return frames
+
+
 class FrameProtocol(asyncio.Protocol):
     """Calls `on_frame(bytes)` for every complete frame and `on_lost()` once the peer is gone."""
 
@@ -25,14 +39,8 @@ class FrameProtocol(asyncio.Protocol):
         self._buffer = bytearray()
 
     def data_received(self, data: bytes) -> None:
-        buf = self._buffer
-        buf += data
-        while len(buf) >= 4:
-            (size,) = HEADER.unpack_from(buf)
-            if len(buf) < 4 + size:
-                return
-            frame = bytes(buf[4 : 4 + size])
-            del buf[: 4 + size]
+        self._buffer += data
+        for frame in pop_frames(self._buffer):
             self._on_frame(frame)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -75,13 +83,7 @@ class FrameReader:
         """Frames until the parent closes its end."""
         buf = self._buffer
         while True:
-            while len(buf) >= 4:
-                (size,) = HEADER.unpack_from(buf)
-                if len(buf) < 4 + size:
-                    break
-                frame = bytes(buf[4 : 4 + size])
-                del buf[: 4 + size]
-                yield frame
+            yield from pop_frames(buf)
             try:
                 data = self._sock.recv(self._chunk)
             except OSError:

@@ -24,7 +24,7 @@ import numpy as np
 from iei.errors import InputError, PreprocessWorkerDied
 from iei.ipc import connect, send_frames
 from iei.preprocess.spec import PreprocessSpec
-from iei.preprocess.worker import ENCODINGS, STATUS_INPUT_ERROR, STATUS_OK, Reply, Task, worker_main
+from iei.preprocess.worker import ENCODINGS, STATUS_OK, Reply, Task, worker_main
 
 log = logging.getLogger("iei.preprocess")
 
@@ -83,10 +83,7 @@ class _Worker:
         self.pool.release_slot(slot)  # failed or abandoned: the worker is done with the slot
         if future.done():
             return
-        if reply.status == STATUS_INPUT_ERROR:
-            future.set_exception(InputError(reply.message))
-        else:
-            future.set_exception(InputError(reply.message or "the image could not be processed"))
+        future.set_exception(InputError(reply.message))  # the worker words internal failures generically
 
     def on_lost(self) -> None:
         was_serving, self.alive = self.alive, False
