@@ -20,7 +20,7 @@ from iei.config import Settings
 from iei.errors import EmptyInput, IEIError, InputError, Overloaded, Unhealthy, ValidationFailed
 from iei.metrics import Metrics
 from iei.model_runner import ModelProcess, ModelRunner
-from iei.models import resolve_model
+from iei.models import ModelSource, resolve_model
 from iei.preprocess.image import pixel_affine
 from iei.preprocess.pool import PreprocessPool
 from iei.preprocess.spec import PreprocessSpec, load_spec
@@ -58,6 +58,19 @@ def slots_for(settings: Settings) -> int:
     return 2 * settings.max_batch_size + 4 * settings.workers
 
 
+def backend_config(settings: Settings, source: ModelSource, spec: PreprocessSpec) -> BackendConfig:
+    """What the backend needs from the settings: the model, its runtime options, and the pixel affine
+    that turns the workers' uint8 pixels into the processor's normalised floats."""
+    scale, offset = pixel_affine(spec)
+    return BackendConfig(
+        model=settings.model, revision=settings.revision, load_format=settings.load_format,
+        config_dir=source.config_dir, device=settings.device, dtype=settings.dtype, pooling=settings.pooling,
+        num_threads=settings.backend_threads, max_batch_size=settings.max_batch_size,
+        pixel_scale=scale, pixel_offset=offset, onnx_optimize=settings.onnx_optimize, quantize=settings.quantize,
+        onnx_cache_dir=settings.onnx_cache_path, allow_cpu_fallback=settings.allow_cpu_fallback,
+    )
+
+
 class EmbeddingEngine:
     def __init__(self, settings: Settings, model: ModelRunner, spec: PreprocessSpec) -> None:
         self.settings = settings
@@ -87,14 +100,8 @@ class EmbeddingEngine:
         source = resolve_model(settings.model, settings.revision, settings.load_format)
         spec = load_spec(source.processor_source, source.revision, draft=settings.draft_decode,
                          max_image_pixels=settings.max_image_pixels)
-        scale, offset = pixel_affine(spec)
-        model = ModelProcess(settings.backend, BackendConfig(
-            model=settings.model, revision=settings.revision, load_format=settings.load_format,
-            config_dir=source.config_dir, device=settings.device, dtype=settings.dtype, pooling=settings.pooling,
-            num_threads=settings.backend_threads, max_batch_size=settings.max_batch_size,
-            pixel_scale=scale, pixel_offset=offset, onnx_optimize=settings.onnx_optimize, quantize=settings.quantize,
-            onnx_cache_dir=settings.onnx_cache_path, allow_cpu_fallback=settings.allow_cpu_fallback,
-        ), settings.log_format, settings.log_level)
+        model = ModelProcess(settings.backend, backend_config(settings, source, spec), settings.log_format,
+                             settings.log_level)
         return cls(settings, model, spec)
 
     async def start(self) -> None:
