@@ -20,7 +20,7 @@ from litestar.handlers import HTTPRouteHandler
 
 from iei import __version__
 from iei.engine import EmbeddingEngine, EmbedResult
-from iei.errors import IEIError, Unauthorized, Unhealthy
+from iei.errors import DeadlineExceeded, IEIError, Unauthorized, Unhealthy, ValidationFailed
 from iei.server.errors import ERROR_TYPE_BY_STATUS, HTTPError
 from iei.server.inputs import INPUT_FORMATS, EmbedInputs, read_embed_inputs, read_openai_inputs
 from iei.server.schemas import (
@@ -106,19 +106,49 @@ def _timing_headers(total_s: float, result: EmbedResult | None) -> dict[str, str
     }
 
 
-def _classify(error: Exception, request_id: str) -> HTTPError:
+def _deadline_s(request: Request, default_ms: float) -> float | None:
+    """Seconds this request may take, from `x-request-timeout-ms` or the server default; None: no deadline."""
+    text = request.headers.get("x-request-timeout-ms")
+    if text is None:
+        return default_ms / 1000 if default_ms > 0 else None
+    try:
+        timeout_ms = float(text)
+    except ValueError:
+        timeout_ms = -1.0
+    if not 0 < timeout_ms < float("inf"):
+        raise ValidationFailed(f"`x-request-timeout-ms` must be a positive number of milliseconds, got {text!r}")
+    return timeout_ms / 1000
+
+
+async def _before(deadline: float | None, work: Awaitable[EmbedResult]) -> EmbedResult:
+    """Await `work` until the loop time `deadline`; past it, cancel the work (its queued images are
+    dropped before inference) and raise DeadlineExceeded."""
+    if deadline is None:
+        return await work
+    timeout = asyncio.timeout_at(deadline)
+    try:
+        async with timeout:
+            return await work
+    except TimeoutError:
+        if not timeout.expired():
+            raise
+        raise DeadlineExceeded("the request's deadline passed before its images were embedded "
+                               "(x-request-timeout-ms or request_timeout_ms)") from None
+
+
+def _classify(error: Exception, request_id: str, payload_limit: int) -> HTTPError:
     if isinstance(error, IEIError):
         return HTTPError.from_error(error)
     if isinstance(error, HTTPException):  # raised by Litestar while reading the body
         error_type = ERROR_TYPE_BY_STATUS.get(error.status_code, "Validation")
-        return HTTPError(error_type, _litestar_message(error))
+        return HTTPError(error_type, _litestar_message(error, payload_limit))
     log.error("unexpected error in request %s", request_id, exc_info=error)
     return HTTPError("Internal", f"internal error (request id {request_id})")
 
 
-def _litestar_message(error: HTTPException) -> str:
+def _litestar_message(error: HTTPException, payload_limit: int) -> str:
     if error.status_code == 413:
-        return "request body is larger than the payload limit"
+        return f"request body is larger than the payload limit of {payload_limit} bytes (payload_limit)"
     return str(error.detail)
 
 
@@ -134,14 +164,16 @@ async def _serve(state: AppState, request: Request, route: str, read: Reader, re
     try:
         state.check_api_key(request)
         engine = state.require_engine()
+        timeout_s = _deadline_s(request, state.settings.request_timeout_ms)
+        deadline = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
         inputs = await read(request)
-        result = await _unless_disconnected(request, engine.embed(
-            inputs.images, normalize=inputs.normalize, dimensions=inputs.dimensions, field=field))
+        result = await _before(deadline, _unless_disconnected(request, engine.embed(
+            inputs.images, normalize=inputs.normalize, dimensions=inputs.dimensions, field=field)))
         status, body, headers, outcome = 200, render(result, inputs), {}, "success"
     except ClientGone:
         status, body, headers, outcome = 499, b"", {}, "ClientGone"
     except Exception as e:  # every error leaves as JSON; text of unexpected ones stays in the log
-        error = _classify(e, request_id)
+        error = _classify(e, request_id, state.settings.payload_limit)
         status, body, headers, outcome = error.status, render_error(error), error.headers, error.error_type
     total_s = time.perf_counter() - start
     headers.update(_timing_headers(total_s, result))
