@@ -104,7 +104,7 @@ class _Worker:
             if future.done():  # abandoned by its caller: nobody writes to the slot any more
                 self.pool.release_slot(task.slot)
             elif position > 0:
-                self.pool.resend(task, future)
+                self.pool.dispatch(task, future)
             else:
                 self.pool.release_slot(task.slot)
                 future.set_exception(InputError(decode_timeout_message(self.pool.spec)) if self.stuck else
@@ -190,10 +190,10 @@ class PreprocessPool:
         """Fill `slot` with the preprocessed image. Raises InputError or PreprocessWorkerDied
         (after which the slot is no longer the caller's)."""
         future = asyncio.get_running_loop().create_future()
-        self.resend(Task(next(self._task_ids), slot, ENCODINGS.index(encoding), payload), future)
+        self.dispatch(Task(next(self._task_ids), slot, ENCODINGS.index(encoding), payload), future)
         await future
 
-    def resend(self, task: Task, future: asyncio.Future) -> None:
+    def dispatch(self, task: Task, future: asyncio.Future) -> None:
         """Send `task` to the least busy live worker, or fail `future` and free the slot if none is."""
         worker = self._pick_worker()
         if worker is None:

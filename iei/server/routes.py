@@ -22,6 +22,9 @@ from iei import __version__
 from iei.engine import EmbeddingEngine, EmbedResult
 from iei.errors import DeadlineExceeded, IEIError, Unauthorized, Unhealthy, ValidationFailed
 from iei.server.errors import ERROR_TYPE_BY_STATUS, HTTPError
+from iei.server.openapi import (
+    EMBED_RESPONSES, OPENAI_RESPONSES, UNHEALTHY_RESPONSES, EmbedOperation, OpenAIOperation,
+)
 from iei.server.inputs import INPUT_FORMATS, EmbedInputs, read_embed_inputs, read_openai_inputs
 from iei.server.schemas import (
     HealthBody, ImageSize, Info, ModelType, OpenAIEmbedding, OpenAIEmbeddingResponse, OpenAIUsage, Pooling,
@@ -219,17 +222,19 @@ def build_route_handlers(state: AppState) -> list[HTTPRouteHandler]:
     @post(["/embed", "/", "/invocations"], status_code=200, summary="Embed images",
           description="Body: JSON `{\"inputs\": [base64, ...], \"normalize\": true, \"dimensions\": null}`, "
                       "multipart/form-data file parts, or one raw image (image/*, application/octet-stream). "
-                      "Returns `[[float, ...], ...]`, one vector per image in input order.")
+                      "Returns `[[float, ...], ...]`, one vector per image in input order.",
+          operation_class=EmbedOperation, responses=EMBED_RESPONSES)
     async def embed(request: Request) -> Response:
         return await _serve(state, request, "/embed", read_embed_inputs, _render_tei, HTTPError.tei_body)
 
     @post("/v1/embeddings", status_code=200, summary="OpenAI-compatible embeddings",
-          description="`{\"input\": base64 | [base64], \"encoding_format\": \"float\" | \"base64\", \"dimensions\": n}`")
+          description="`{\"input\": base64 | [base64], \"encoding_format\": \"float\" | \"base64\", \"dimensions\": n}`",
+          operation_class=OpenAIOperation, responses=OPENAI_RESPONSES)
     async def openai_embeddings(request: Request) -> Response:
         return await _serve(state, request, "/v1/embeddings", read_openai_inputs,
                             partial(_render_openai, settings.model_name), HTTPError.openai_body, field="input")
 
-    @get("/health", summary="Readiness: 200 once the model answers, else 503")
+    @get("/health", summary="Readiness: 200 once the model answers, else 503", responses=UNHEALTHY_RESPONSES)
     async def health() -> Response:
         engine = state.engine
         problem = "the model is not loaded yet" if engine is None else await engine.health_problem_after_probe()
@@ -237,7 +242,7 @@ def build_route_handlers(state: AppState) -> list[HTTPRouteHandler]:
             return Response(content=_HEALTH_OK, status_code=200, media_type=JSON)
         return Response(content=HTTPError("Unhealthy", problem).tei_body(), status_code=503, media_type=JSON)
 
-    @get("/info", summary="Model and server settings")
+    @get("/info", summary="Model and server settings", responses=UNHEALTHY_RESPONSES)
     async def info() -> Info:
         engine = state.require_engine()
         model = engine.model.info
@@ -254,7 +259,7 @@ def build_route_handlers(state: AppState) -> list[HTTPRouteHandler]:
             random_weights=model.random_weights, input_formats=INPUT_FORMATS, version=__version__,
         )
 
-    @get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+    @get("/metrics", summary="Prometheus metrics", media_type="text/plain", responses=UNHEALTHY_RESPONSES)
     async def metrics() -> Response:
         engine = state.require_engine()
         return Response(content=engine.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
