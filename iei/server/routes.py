@@ -257,6 +257,8 @@ def build_route_handlers(state: AppState) -> list[HTTPRouteHandler]:
             max_image_pixels=settings.max_image_pixels, payload_limit=settings.payload_limit,
             preprocess_workers=settings.workers, draft_decode=settings.draft_decode,
             random_weights=model.random_weights, input_formats=INPUT_FORMATS, version=__version__,
+            image_formats=list(settings.image_format_names), decode_timeout_ms=settings.decode_timeout_ms,
+            request_timeout_ms=settings.request_timeout_ms, allow_url_inputs=settings.allow_url_inputs,
         )
 
     @get("/metrics", summary="Prometheus metrics", media_type="text/plain", responses=UNHEALTHY_RESPONSES)
