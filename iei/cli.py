@@ -74,23 +74,18 @@ def export(args: argparse.Namespace) -> int:
 
 def serve(settings: Settings) -> int:
     # Heavy imports here, so `iei --help` stays fast.
-    import uvicorn
-
     from backends import BackendError
     from iei.engine import EmbeddingEngine
     from iei.models import ModelNotFound
     from iei.server import create_app
+    from iei.server.runner import run_server
 
     try:
         engine = EmbeddingEngine.load(settings)
     except (ModelNotFound, BackendError, ValueError, OSError) as e:
         log.error("cannot start: %s", e)
         return 2
-    app = create_app(settings, engine)
-    # Proxy headers are not parsed: no route needs the client address.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-                loop="auto", http="auto", proxy_headers=False, timeout_graceful_shutdown=30)
-    return 0
+    return 0 if run_server(create_app(settings, engine), engine, settings) else 3
 
 
 def main(argv: list[str] | None = None) -> int:

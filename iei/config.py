@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
+
+from iei.preprocess.spec import DECODABLE_FORMATS, DEFAULT_FORMATS
 
 DEFAULT_MODEL = "google/vit-base-patch16-224"
 
@@ -60,6 +63,22 @@ class Settings:
                                "(/health and /metrics stay open).", env=("IEI_API_KEY", "API_KEY"))
     payload_limit: int = _opt(64 * 1024 * 1024, "Largest request body in bytes (413 above it).",
                               env=("IEI_PAYLOAD_LIMIT", "PAYLOAD_LIMIT"))
+    request_timeout_ms: float = _opt(0.0, "Default deadline of a request (ms; 0: none). A request still queued "
+                                     "when its deadline passes is dropped before inference (504). Clients may "
+                                     "set their own with the `x-request-timeout-ms` header.",
+                                     env=("IEI_REQUEST_TIMEOUT_MS",))
+    shutdown_timeout_s: float = _opt(30.0, "On SIGTERM/SIGINT: stop accepting, then wait this long for in-flight "
+                                     "requests before closing.", env=("IEI_SHUTDOWN_TIMEOUT_S",))
+    # URL inputs
+    allow_url_inputs: bool = _opt(False, "Accept http(s) URLs in `inputs` and fetch them (off by default). Only "
+                                  "public addresses unless --url-allowlist names others.",
+                                  env=("IEI_ALLOW_URL_INPUTS",))
+    url_allowlist: str = _opt("", "Comma-separated addresses or CIDR networks that URL inputs may reach although "
+                              "they are not public (loopback, private, link-local, ...).", env=("IEI_URL_ALLOWLIST",))
+    url_max_bytes: int = _opt(20 * 1024 * 1024, "Largest image fetched from a URL, in bytes (422 above it).",
+                              env=("IEI_URL_MAX_BYTES",))
+    url_timeout_ms: float = _opt(10_000.0, "Time limit for fetching one URL input, redirects included (ms).",
+                                 env=("IEI_URL_TIMEOUT_MS",))
     # Batching and admission
     max_batch_size: int = _opt(32, "Largest batch of images sent to the model at once.",
                                env=("IEI_MAX_BATCH_SIZE", "MAX_BATCH_SIZE"))
@@ -69,10 +88,19 @@ class Settings:
                                         env=("IEI_MAX_CONCURRENT_REQUESTS", "MAX_CONCURRENT_REQUESTS"))
     max_client_batch_size: int = _opt(64, "Most images in one request (422 above it).",
                                       env=("IEI_MAX_CLIENT_BATCH_SIZE", "MAX_CLIENT_BATCH_SIZE"))
+    batch_timeout_ms: float = _opt(120_000.0, "Watchdog: a batch the model has not answered after this long "
+                                   "fails (424) and the model process is restarted (ms; 0: no watchdog).",
+                                   env=("IEI_BATCH_TIMEOUT_MS",))
     # Preprocessing
     preprocess_workers: int = _opt(0, "Image decoding processes (0: one per core).", env=("IEI_PREPROCESS_WORKERS",))
     max_image_pixels: int = _opt(100_000_000, "Largest image accepted, in pixels (checked before decoding).",
                                  env=("IEI_MAX_IMAGE_PIXELS",))
+    image_formats: str = _opt(",".join(DEFAULT_FORMATS).lower(), "Allowed image formats, comma-separated, from "
+                              f"{', '.join(DECODABLE_FORMATS).lower()}. Others (SVG, PDF, ...) get 422.",
+                              env=("IEI_IMAGE_FORMATS",))
+    decode_timeout_ms: float = _opt(10_000.0, "Longest time one image may take to decode and resize (ms; 0: no "
+                                    "limit); 422 above it. A worker stuck past twice the limit is replaced.",
+                                    env=("IEI_DECODE_TIMEOUT_MS",))
     draft_decode: bool = _opt(True, "Decode large JPEGs at reduced size in the DCT domain before resizing "
                               "(faster; --no-draft-decode for the exact path).", env=("IEI_DRAFT_DECODE",))
     # Logging
@@ -84,13 +112,22 @@ class Settings:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be between 0 and 65535, got {self.port}")
         positive = ("payload_limit", "max_batch_size", "max_concurrent_requests", "max_client_batch_size",
-                    "max_image_pixels")
+                    "max_image_pixels", "url_max_bytes", "url_timeout_ms")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_batch_delay_ms", "preprocess_workers", "backend_threads"):
+        for name in ("max_batch_delay_ms", "preprocess_workers", "backend_threads", "request_timeout_ms",
+                     "shutdown_timeout_s", "batch_timeout_ms", "decode_timeout_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} cannot be negative, got {getattr(self, name)}")
+        try:
+            self.url_allowlist_networks  # noqa: B018  # parse it once, to fail at start-up
+        except ValueError as e:
+            raise ValueError(f"url_allowlist: {e}") from None
+        unknown = [name for name in self.image_format_names if name not in DECODABLE_FORMATS]
+        if unknown or not self.image_format_names:
+            raise ValueError(f"image_formats: choose from {', '.join(DECODABLE_FORMATS).lower()}, got "
+                             f"{self.image_formats!r}")
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
@@ -106,6 +143,16 @@ class Settings:
             return self.onnx_cache_dir
         hf_home = os.environ.get("HF_HOME")
         return os.path.join(hf_home, "iei", "onnx") if hf_home else os.path.expanduser("~/.cache/iei/onnx")
+
+    @property
+    def url_allowlist_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """`url_allowlist` parsed: comma-separated addresses or CIDR networks. Raises ValueError."""
+        return tuple(ipaddress.ip_network(part.strip(), strict=False)
+                     for part in self.url_allowlist.split(",") if part.strip())
+
+    @property
+    def image_format_names(self) -> tuple[str, ...]:
+        return tuple(name.strip().upper() for name in self.image_formats.split(",") if name.strip())
 
     @property
     def workers(self) -> int:

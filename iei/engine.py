@@ -12,6 +12,7 @@ import logging
 import time
 from typing import Literal, NamedTuple, Sequence
 
+import msgspec
 import numpy as np
 
 from backends import BackendConfig
@@ -24,6 +25,7 @@ from iei.models import ModelSource, resolve_model
 from iei.preprocess.image import pixel_affine
 from iei.preprocess.pool import PreprocessPool
 from iei.preprocess.spec import PreprocessSpec, load_spec
+from iei.url_inputs import UrlFetcher, looks_like_url
 
 log = logging.getLogger("iei.engine")
 
@@ -71,11 +73,18 @@ def backend_config(settings: Settings, source: ModelSource, spec: PreprocessSpec
     )
 
 
+def with_input_limits(spec: PreprocessSpec, settings: Settings) -> PreprocessSpec:
+    """The model's preprocessing with the server's input limits (the workers enforce them)."""
+    return msgspec.structs.replace(spec, max_image_pixels=settings.max_image_pixels,
+                                   formats=settings.image_format_names,
+                                   decode_timeout_s=settings.decode_timeout_ms / 1000)
+
+
 class EmbeddingEngine:
     def __init__(self, settings: Settings, model: ModelRunner, spec: PreprocessSpec) -> None:
         self.settings = settings
         self.model = model
-        self.spec = spec
+        self.spec = spec = with_input_limits(spec, settings)
         self.metrics = Metrics()
         self.pool = PreprocessPool(spec, workers=settings.workers, slots=slots_for(settings))
         self.batcher = DynamicBatcher(
@@ -85,8 +94,11 @@ class EmbeddingEngine:
             max_batch_delay_s=settings.max_batch_delay_ms / 1000,
             observer=self.metrics,
         )
+        self.fetcher = UrlFetcher(allowlist=settings.url_allowlist_networks, max_bytes=settings.url_max_bytes,
+                                  timeout_s=settings.url_timeout_ms / 1000) if settings.allow_url_inputs else None
         self.inflight_images = 0  # admitted and not yet answered
         self.ready = False
+        self.draining = False  # shutting down: admit nothing new, finish what is admitted
         self._probe: asyncio.Future | None = None
         self.metrics.watch(queue_size=lambda: self.batcher.queue_size, inflight=lambda: self.inflight_images)
 
@@ -101,7 +113,7 @@ class EmbeddingEngine:
         spec = load_spec(source.processor_source, source.revision, draft=settings.draft_decode,
                          max_image_pixels=settings.max_image_pixels)
         model = ModelProcess(settings.backend, backend_config(settings, source, spec), settings.log_format,
-                             settings.log_level)
+                             settings.log_level, batch_timeout_s=settings.batch_timeout_ms / 1000)
         return cls(settings, model, spec)
 
     async def start(self) -> None:
@@ -110,11 +122,18 @@ class EmbeddingEngine:
         self.batcher.start()
         self.ready = True
 
+    def begin_shutdown(self) -> None:
+        """Refuse new requests (503) and report unhealthy; admitted ones still finish. Safe to call
+        from a signal handler (it only sets a flag)."""
+        self.draining = True
+
     async def stop(self) -> None:
         self.ready = False
         await self.batcher.close()
         await self.model.close()
         await self.pool.close()
+        if self.fetcher is not None:
+            await self.fetcher.close()
 
     async def health_problem_after_probe(self) -> str | None:
         """Like `health_problem`, but after a failed batch run one tiny probe batch first, so health
@@ -137,6 +156,8 @@ class EmbeddingEngine:
 
     def health_problem(self) -> str | None:
         """None when healthy, else what is wrong (safe to show a client)."""
+        if self.draining:
+            return "the server is shutting down"
         if not self.ready:
             return "the model is not loaded yet"
         if not self.batcher.alive:
@@ -188,19 +209,31 @@ class EmbeddingEngine:
         limit = self.settings.max_concurrent_requests
         if self.inflight_images + count > limit:
             raise Overloaded(f"the server is at capacity ({limit} images in flight); retry shortly")
+        if self.draining:
+            raise Unhealthy("the server is shutting down; retry")
         if not self.ready:
             raise Unhealthy("the model is not ready")
         self.inflight_images += count
 
     async def _embed_one(self, image: ImagePayload, index: int, field: str, start: float) -> tuple[Embedded, float]:
-        slot = await self.pool.acquire_slot()
         try:
-            await self.pool.prepare(image.data, image.encoding, slot)
+            data, encoding = await self._fetched(image)
+            slot = await self.pool.acquire_slot()
+            await self.pool.prepare(data, encoding, slot)
         except InputError as e:
             raise e.at(index, field) from None
         preprocess_s = time.perf_counter() - start
         future = self.batcher.submit(slot)
         return await future, preprocess_s
+
+
+    async def _fetched(self, image: ImagePayload) -> tuple[bytes | str, Encoding]:
+        """The image itself: a URL input is fetched (before a slot is taken: a slow server must not hold one)."""
+        if image.encoding != "base64" or not isinstance(image.data, str) or not looks_like_url(image.data):
+            return image.data, image.encoding
+        if self.fetcher is None:
+            raise InputError("URL inputs are disabled on this server (it must be started with --allow-url-inputs)")
+        return await self.fetcher.fetch(image.data), "raw"
 
 
 def _finish(vectors: np.ndarray, normalize: bool, dimensions: int | None) -> np.ndarray:

@@ -66,6 +66,12 @@ class Unhealthy(IEIError):
     error_type = "Unhealthy"
 
 
+class DeadlineExceeded(IEIError):
+    """The request's deadline passed before its images were embedded; they were dropped."""
+
+    error_type = "DeadlineExceeded"
+
+
 class PreprocessWorkerDied(IEIError):
     """The worker process preprocessing this image died (crash or OOM kill); it is replaced."""
 

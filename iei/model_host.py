@@ -61,7 +61,8 @@ def _run_batch(backend, slab: np.ndarray, batch_id: int, slots: list[int]) -> li
 
 def host_main(conn: Connection, backend_name: str, config_bytes: bytes, log_format: str, log_level: str) -> None:
     """Entry point of the model process (spawned)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when we stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when we stop: it finishes
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # in-flight batches first, then closes our pipe
     from iei.logs import configure_logging
 
     configure_logging(log_format, log_level)

@@ -86,10 +86,17 @@ class ThreadRunner:
 
 class ModelProcess:
     """The backend in a child process (see `iei.model_host`). If the process dies, its in-flight
-    batches fail with BackendFailed and a new process is started; `alive` is False meanwhile."""
+    batches fail with BackendFailed and a new process is started; `alive` is False meanwhile.
+    A watchdog kills the process when one batch takes longer than `batch_timeout_s` (0: never):
+    a hung model is then handled like a crashed one."""
 
-    def __init__(self, backend_name: str, config: BackendConfig, log_format: str = "text", log_level: str = "info") -> None:
+    def __init__(self, backend_name: str, config: BackendConfig, log_format: str = "text", log_level: str = "info",
+                 batch_timeout_s: float = 0.0) -> None:
         self._args = (backend_name, msgspec.msgpack.encode(config), log_format, log_level)
+        self._batch_timeout_s = batch_timeout_s
+        self._watchdog: asyncio.Task | None = None
+        self._head_since = 0.0  # when the model started the oldest batch in flight (time.monotonic())
+        self._hung = False
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
         self._transport: asyncio.Transport | None = None
@@ -136,6 +143,8 @@ class ModelProcess:
         conn, self._conn = self._conn, None
         self._transport = await connect(conn, self._on_frame, self._on_lost)
         send_frame(self._transport, msgspec.msgpack.encode(["attach", slab.slab_name, list(slab.pixels.shape)]))
+        if self._watchdog is None and self._batch_timeout_s > 0:
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch_for_a_hung_model())
 
     def run(self, slots: list[int]) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
@@ -143,6 +152,8 @@ class ModelProcess:
             future.set_exception(BackendFailed("the model process is restarting; retry shortly"))
             return future
         batch_id = next(self._batch_ids)
+        if not self._inflight:
+            self._head_since = time.monotonic()
         self._inflight[batch_id] = future
         send_frame(self._transport, msgspec.msgpack.encode([batch_id, slots]))  # type: ignore[arg-type]
         return future
@@ -150,6 +161,7 @@ class ModelProcess:
     def _on_frame(self, frame: bytes) -> None:
         batch_id, ok, payload, rows, dim, started_at, duration = msgspec.msgpack.decode(frame)
         future = self._inflight.pop(batch_id)
+        self._head_since = time.monotonic()  # the model runs batches in order: the next one starts now
         if future.done():
             return
         if ok:
@@ -161,8 +173,15 @@ class ModelProcess:
     def _on_lost(self) -> None:
         self._transport = None
         inflight, self._inflight = self._inflight, {}
-        for future in inflight.values():
-            if not future.done():
+        hung, self._hung = self._hung, False
+        for position, future in enumerate(inflight.values()):
+            if future.done():
+                continue
+            if hung and position == 0:
+                future.set_exception(BackendFailed(
+                    f"the model did not finish this batch within {self._batch_timeout_s * 1000:g} ms "
+                    "(batch_timeout_ms); it is being restarted"))
+            else:
                 future.set_exception(BackendFailed("the model process died while running this batch"))
         if not self._closing:
             code = self._process.exitcode if self._process is not None else None
@@ -181,6 +200,16 @@ class ModelProcess:
                 log.exception("restarting the model process failed; trying again in 5 s")
                 await asyncio.sleep(5)
 
+    async def _watch_for_a_hung_model(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self._batch_timeout_s / 4))
+            overdue = time.monotonic() - self._head_since > self._batch_timeout_s
+            if self.alive and self._inflight and overdue and not self._hung:
+                log.error("the model has spent over %.1f s on one batch; killing and restarting it",
+                          time.monotonic() - self._head_since)
+                self._hung = True
+                self._process.kill()  # type: ignore[union-attr]  # _on_lost fails the batches and restarts it
+
     def _reap(self) -> None:
         if self._process is not None:
             self._process.join(timeout=5)
@@ -190,6 +219,8 @@ class ModelProcess:
 
     async def close(self) -> None:
         self._closing = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self._restart is not None:
             self._restart.cancel()
         if self._transport is not None:

@@ -28,17 +28,15 @@ import pybase64
 from PIL import Image, ImageOps
 
 from iei.errors import InputError
-from iei.preprocess.spec import PreprocessSpec
-
-# Raster formats we decode. Pillow can open many more, some through external programs (EPS runs
-# Ghostscript) or rarely exercised parsers; an image server has no use for them. (Multi-picture
-# JPEGs, MPO, open through the JPEG plugin.)
-SUPPORTED_FORMATS = (
-    "JPEG", "PNG", "WEBP", "GIF", "AVIF", "TIFF", "BMP", "DIB", "ICO", "PPM", "TGA", "QOI",
-)
+from iei.preprocess.spec import DECODABLE_FORMATS, PreprocessSpec
 
 _DATA_URI = re.compile(rb"^\s*data:[^,]*?;base64,", re.IGNORECASE)
 _JPEG_FORMATS = ("JPEG", "MPO")
+# Pillow plugins that open a format under a second name: multi-picture JPEGs (MPO) open through the
+# JPEG plugin, headerless bitmaps (DIB) through BMP's.
+_ALIASES = {"JPEG": ("MPO",), "BMP": ("DIB",)}
+# Formats people send that are not raster images, named so the client learns what went wrong.
+_NON_RASTER = ((b"%PDF", "PDF"), (b"%!PS", "PostScript"), (b"\xc5\xd0\xd3\xc6", "EPS"))
 _SWAPS_AXES = (5, 6, 7, 8)  # EXIF orientations that rotate by 90 degrees
 _EXIF_ORIENTATION = 0x0112
 # Above this many pixels, resize only the part the centre crop keeps: guards against extreme
@@ -131,11 +129,11 @@ def _decode(data: bytes, spec: PreprocessSpec) -> tuple[Image.Image, tuple[int, 
         # Pillow warns on big images and odd palettes; our own limit is the one that counts.
         warnings.simplefilter("ignore")
         try:
-            image = Image.open(io.BytesIO(data), formats=_available_formats())
+            image = Image.open(io.BytesIO(data), formats=_available_formats(spec.formats))
         except Image.DecompressionBombError as e:
             raise InputError(f"image is over the limit of {spec.max_image_pixels} pixels") from e
         except Exception as e:  # Pillow raises many types for bytes it cannot identify
-            raise InputError("not a decodable image") from e
+            raise _unidentified(data, spec.formats) from e
         width, height = image.size
         if width * height > spec.max_image_pixels:
             raise InputError(
@@ -152,10 +150,28 @@ def _decode(data: bytes, spec: PreprocessSpec) -> tuple[Image.Image, tuple[int, 
             raise InputError("image data is truncated or corrupt") from e
 
 
-def _available_formats() -> list[str]:
+def _available_formats(allowed: tuple[str, ...]) -> list[str]:
     # Older Pillow lacks some plugins (AVIF before 11.2), and open() fails on unknown names.
     Image.init()  # a no-op after the first call
-    return [name for name in SUPPORTED_FORMATS if name in Image.OPEN]
+    names = [alias for name in allowed for alias in (name, *_ALIASES.get(name, ()))]
+    return [name for name in names if name in Image.OPEN]
+
+
+def _unidentified(data: bytes, allowed: tuple[str, ...]) -> InputError:
+    """The error for bytes no allowed decoder opens: name the format when we can tell what it is."""
+    head = data[:1024].lstrip()
+    kind = next((name for magic, name in _NON_RASTER if head.startswith(magic)), None)
+    if kind is None and (head.startswith(b"<svg") or (head.startswith(b"<?xml") and b"<svg" in head)):
+        kind = "SVG"
+    if kind is None:
+        other = tuple(name for name in DECODABLE_FORMATS if name not in allowed)
+        try:  # only reads the header; nothing is decoded
+            kind = Image.open(io.BytesIO(data), formats=_available_formats(other)).format if other else None
+        except Exception:
+            kind = None
+    if kind is None:
+        return InputError("not a decodable image")
+    return InputError(f"unsupported image format {kind} (allowed: {', '.join(allowed)})")
 
 
 def _maybe_draft(image: Image.Image, spec: PreprocessSpec, swapped: bool) -> None:

@@ -15,6 +15,7 @@ import asyncio
 import itertools
 import logging
 import multiprocessing
+import time
 from collections import deque
 from multiprocessing.shared_memory import SharedMemory
 
@@ -24,7 +25,7 @@ import numpy as np
 from iei.errors import InputError, PreprocessWorkerDied
 from iei.ipc import connect, send_frames
 from iei.preprocess.spec import PreprocessSpec
-from iei.preprocess.worker import ENCODINGS, STATUS_OK, Reply, Task, worker_main
+from iei.preprocess.worker import ENCODINGS, STATUS_OK, Reply, Task, decode_timeout_message, worker_main
 
 log = logging.getLogger("iei.preprocess")
 
@@ -40,9 +41,13 @@ class _Worker:
         self.index = index
         self.process: multiprocessing.process.BaseProcess | None = None
         self.transport: asyncio.Transport | None = None
-        self.inflight: dict[int, tuple[asyncio.Future, int]] = {}
+        # Tasks sent and not answered, in send order: the worker runs them one by one, so the first
+        # is the one it is working on (started at `head_since`, time.monotonic()).
+        self.inflight: dict[int, tuple[asyncio.Future, Task]] = {}
+        self.head_since = 0.0
         self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
         self.alive = False
+        self.stuck = False  # killed by the watchdog
         self.outbox: list[bytes] = []  # frames to send at the end of this loop iteration
 
     async def spawn(self) -> None:
@@ -61,7 +66,9 @@ class _Worker:
         self.alive = True
 
     def send(self, task: Task, future: asyncio.Future) -> None:
-        self.inflight[task.task_id] = (future, task.slot)
+        if not self.inflight:
+            self.head_since = time.monotonic()
+        self.inflight[task.task_id] = (future, task)
         if not self.outbox:  # coalesce this loop iteration's tasks into one write
             asyncio.get_running_loop().call_soon(self.flush)
         self.outbox.append(self.pool.encode(task))
@@ -76,26 +83,41 @@ class _Worker:
             self.ready.set_result(frame == _READY)
             return
         reply = self.pool.decode_reply(frame)
-        future, slot = self.inflight.pop(reply.task_id)
+        future, task = self.inflight.pop(reply.task_id)
+        self.head_since = time.monotonic()
         if reply.status == STATUS_OK and not future.done():
             future.set_result(None)
             return
-        self.pool.release_slot(slot)  # failed or abandoned: the worker is done with the slot
+        self.pool.release_slot(task.slot)  # failed or abandoned: the worker is done with the slot
         if future.done():
             return
         future.set_exception(InputError(reply.message))  # the worker words internal failures generically
 
     def on_lost(self) -> None:
-        was_serving, self.alive = self.alive, False
+        """The process is gone (crash, OOM kill, or the watchdog). Only the image it was working on
+        fails; the images queued behind it never started and go to another worker."""
+        was_serving, self.alive = self.alive or self.stuck, False
         if not self.ready.done():
             self.ready.set_exception(PreprocessWorkerDied("preprocessing worker failed to start"))
         inflight, self.inflight = self.inflight, {}
-        for future, slot in inflight.values():
-            self.pool.release_slot(slot)  # the process is gone: nobody writes to the slot any more
-            if not future.done():
-                future.set_exception(PreprocessWorkerDied("the preprocessing worker handling this image died; retry"))
+        for position, (future, task) in enumerate(inflight.values()):
+            if future.done():  # abandoned by its caller: nobody writes to the slot any more
+                self.pool.release_slot(task.slot)
+            elif position > 0:
+                self.pool.dispatch(task, future)
+            else:
+                self.pool.release_slot(task.slot)
+                future.set_exception(InputError(decode_timeout_message(self.pool.spec)) if self.stuck else
+                                     PreprocessWorkerDied("the preprocessing worker handling this image died; retry"))
         if was_serving:  # a worker that never started is the start-up's failure, not one to replace
             self.pool.on_worker_lost(self)
+
+    def kill_stuck(self) -> None:
+        log.error("preprocessing worker %d (pid %s) spent over %.1f s on one image; killing it", self.index,
+                  self.process.pid if self.process else "?", time.monotonic() - self.head_since)
+        self.alive, self.stuck = False, True  # no new tasks; on_lost fails the image and replaces us
+        if self.process is not None:
+            self.process.kill()
 
     def stop(self) -> None:
         if self.transport is not None:
@@ -122,6 +144,7 @@ class PreprocessPool:
         self._task_ids = itertools.count()
         self._closing = False
         self._respawns: set[asyncio.Task] = set()
+        self._watchdog: asyncio.Task | None = None
 
     async def start(self) -> None:
         self._workers = [_Worker(self, i) for i in range(self._worker_count)]
@@ -130,8 +153,10 @@ class PreprocessPool:
         except BaseException:
             await self.close()
             raise
-        log.info("preprocessing pool ready: %d workers, %d slots of %s", len(self._workers),
-                 self.pixels.shape[0], "x".join(map(str, self.pixels.shape[1:])))
+        if self.spec.decode_timeout_s > 0:
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch_for_stuck_workers())
+        log.info("preprocessing pool ready: %d workers (pids %s), %d slots of %s", len(self._workers),
+                 " ".join(map(str, self.worker_pids)), self.pixels.shape[0], "x".join(map(str, self.pixels.shape[1:])))
 
     @property
     def worker_pids(self) -> list[int]:
@@ -164,13 +189,18 @@ class PreprocessPool:
     async def prepare(self, payload: bytes | str, encoding: str, slot: int) -> None:
         """Fill `slot` with the preprocessed image. Raises InputError or PreprocessWorkerDied
         (after which the slot is no longer the caller's)."""
+        future = asyncio.get_running_loop().create_future()
+        self.dispatch(Task(next(self._task_ids), slot, ENCODINGS.index(encoding), payload), future)
+        await future
+
+    def dispatch(self, task: Task, future: asyncio.Future) -> None:
+        """Send `task` to the least busy live worker, or fail `future` and free the slot if none is."""
         worker = self._pick_worker()
         if worker is None:
-            self.release_slot(slot)
-            raise PreprocessWorkerDied("no preprocessing worker is available; retry")
-        future = asyncio.get_running_loop().create_future()
-        worker.send(Task(next(self._task_ids), slot, ENCODINGS.index(encoding), payload), future)
-        await future
+            self.release_slot(task.slot)
+            future.set_exception(PreprocessWorkerDied("no preprocessing worker is available; retry"))
+            return
+        worker.send(task, future)
 
     def _pick_worker(self) -> _Worker | None:
         best = None
@@ -194,11 +224,25 @@ class PreprocessPool:
         self._workers[index] = replacement
         try:
             await replacement.spawn()
+            log.info("preprocessing worker %d is back (pid %s)", index, replacement.process.pid)  # type: ignore[union-attr]
         except Exception:
             log.exception("could not restart preprocessing worker %d", index)
 
+    async def _watch_for_stuck_workers(self) -> None:
+        """Kill a worker stuck on one image well past the decode time limit (the worker's own timer
+        cannot interrupt a decoder inside one long C call). Runs until the pool closes."""
+        limit_s = 2 * self.spec.decode_timeout_s + 1.0
+        while True:
+            await asyncio.sleep(min(1.0, limit_s / 4))
+            now = time.monotonic()
+            for worker in self._workers:
+                if worker.alive and worker.inflight and now - worker.head_since > limit_s:
+                    worker.kill_stuck()
+
     async def close(self) -> None:
         self._closing = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         for task in self._respawns:
             task.cancel()
         for worker in self._workers:

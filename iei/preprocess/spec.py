@@ -20,6 +20,12 @@ import msgspec
 # memory hazard (50 MP RGB is 150 MB). Pillow's own bomb check rejects > 2 x 89.5 MP regardless.
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
 
+# Raster formats a server may allow (Pillow plugin names). Pillow opens many more, some through
+# external programs (EPS runs Ghostscript) or rarely exercised parsers; an image server has no use
+# for them. The default allows the formats clients actually send; the rest are opt-in.
+DECODABLE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "ICO", "PPM", "TGA", "QOI")
+DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+
 # Processor classes whose preprocess is fully described by the spec, by family. Matched on the
 # class and its bases by name, so deprecated `*FeatureExtractor` subclasses work too.
 _FIXED_ONLY = ("ViTImageProcessor", "SiglipImageProcessor")
@@ -43,6 +49,8 @@ class PreprocessSpec(msgspec.Struct, frozen=True, kw_only=True):
         or None for no crop.
     draft: allow the JPEG decoder to downscale in the DCT domain (faster; not bit-exact).
     max_image_pixels: images whose header declares more pixels are rejected before decoding.
+    formats: the allowed formats (names from DECODABLE_FORMATS); anything else is rejected.
+    decode_timeout_s: longest time one image may take to decode and resize (0: no limit).
     """
 
     resize: Literal["fixed", "shortest_edge", "none"]
@@ -61,6 +69,8 @@ class PreprocessSpec(msgspec.Struct, frozen=True, kw_only=True):
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     draft: bool = True
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    formats: tuple[str, ...] = DEFAULT_FORMATS
+    decode_timeout_s: float = 0.0
 
 
 def make_spec(

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import signal
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 
@@ -56,11 +57,42 @@ def _as_bytes(payload: Any) -> bytes:
     return payload
 
 
+class DecodeTimedOut(BaseException):
+    """Raised by the SIGALRM handler in the middle of a decode that ran over the time limit. A
+    BaseException, so that the decoders' own `except Exception` blocks let it through."""
+
+
+def decode_timeout_message(spec: PreprocessSpec) -> str:
+    return f"decoding took longer than the limit of {spec.decode_timeout_s * 1000:g} ms (decode_timeout_ms)"
+
+
+def _raise_timed_out(signum: int, frame: Any) -> None:
+    raise DecodeTimedOut()
+
+
+@contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Interrupt the block after `seconds` (0: never). Works while the decoder returns to Python
+    between chunks (Pillow decodes in chunks); a decoder stuck inside one C call is caught by the
+    pool's watchdog instead, which kills and replaces the worker."""
+    if seconds <= 0:
+        yield
+        return
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
 def run_task(task: Task, spec: PreprocessSpec, slab: np.ndarray) -> Reply:
     try:
-        data = decode_payload(_as_bytes(task.payload), ENCODINGS[task.encoding])
-        prepare_pixels(data, spec, out=slab[task.slot])
+        with _time_limit(spec.decode_timeout_s):
+            data = decode_payload(_as_bytes(task.payload), ENCODINGS[task.encoding])
+            prepare_pixels(data, spec, out=slab[task.slot])
         return Reply(task.task_id, STATUS_OK)
+    except DecodeTimedOut:
+        return Reply(task.task_id, STATUS_INPUT_ERROR, decode_timeout_message(spec))
     except InputError as e:
         return Reply(task.task_id, STATUS_INPUT_ERROR, e.message)
     except Exception:  # a decoder bug must not kill the worker or leak its text to a client
@@ -71,6 +103,8 @@ def run_task(task: Task, spec: PreprocessSpec, slab: np.ndarray) -> Reply:
 def worker_main(conn: Connection, slab_name: str, slab_shape: tuple[int, ...], spec_bytes: bytes) -> None:
     """Entry point of a worker process (spawned: no state is inherited from the server)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when workers stop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # (a terminal's or systemd's signal reaches the whole group)
+    signal.signal(signal.SIGALRM, _raise_timed_out)
     spec = msgspec.msgpack.decode(spec_bytes, type=PreprocessSpec)
     shm, slab = attach_slab(slab_name, slab_shape)
     decode_task = msgspec.msgpack.Decoder(Task).decode

@@ -19,6 +19,7 @@ STATUS_BY_ERROR_TYPE: dict[str, int] = {
     "Overloaded": 429,
     "Internal": 500,
     "Unhealthy": 503,
+    "DeadlineExceeded": 504,
 }
 
 # Errors Litestar raises itself (routing, body size), by status.
@@ -26,7 +27,7 @@ ERROR_TYPE_BY_STATUS: dict[int, str] = {status: name for name, status in STATUS_
 ERROR_TYPE_BY_STATUS[400] = "Validation"
 
 _OPENAI_TYPES = {"Overloaded": "rate_limit_error", "Internal": "server_error", "Unhealthy": "server_error",
-                 "Backend": "server_error", "Unauthorized": "authentication_error"}
+                 "Backend": "server_error", "Unauthorized": "authentication_error", "DeadlineExceeded": "timeout"}
 
 
 class HTTPError:

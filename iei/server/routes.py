@@ -20,8 +20,11 @@ from litestar.handlers import HTTPRouteHandler
 
 from iei import __version__
 from iei.engine import EmbeddingEngine, EmbedResult
-from iei.errors import IEIError, Unauthorized, Unhealthy
+from iei.errors import DeadlineExceeded, IEIError, Unauthorized, Unhealthy, ValidationFailed
 from iei.server.errors import ERROR_TYPE_BY_STATUS, HTTPError
+from iei.server.openapi import (
+    EMBED_RESPONSES, OPENAI_RESPONSES, UNHEALTHY_RESPONSES, EmbedOperation, OpenAIOperation,
+)
 from iei.server.inputs import INPUT_FORMATS, EmbedInputs, read_embed_inputs, read_openai_inputs
 from iei.server.schemas import (
     HealthBody, ImageSize, Info, ModelType, OpenAIEmbedding, OpenAIEmbeddingResponse, OpenAIUsage, Pooling,
@@ -106,19 +109,49 @@ def _timing_headers(total_s: float, result: EmbedResult | None) -> dict[str, str
     }
 
 
-def _classify(error: Exception, request_id: str) -> HTTPError:
+def _deadline_s(request: Request, default_ms: float) -> float | None:
+    """Seconds this request may take, from `x-request-timeout-ms` or the server default; None: no deadline."""
+    text = request.headers.get("x-request-timeout-ms")
+    if text is None:
+        return default_ms / 1000 if default_ms > 0 else None
+    try:
+        timeout_ms = float(text)
+    except ValueError:
+        timeout_ms = -1.0
+    if not 0 < timeout_ms < float("inf"):
+        raise ValidationFailed(f"`x-request-timeout-ms` must be a positive number of milliseconds, got {text!r}")
+    return timeout_ms / 1000
+
+
+async def _before(deadline: float | None, work: Awaitable[EmbedResult]) -> EmbedResult:
+    """Await `work` until the loop time `deadline`; past it, cancel the work (its queued images are
+    dropped before inference) and raise DeadlineExceeded."""
+    if deadline is None:
+        return await work
+    timeout = asyncio.timeout_at(deadline)
+    try:
+        async with timeout:
+            return await work
+    except TimeoutError:
+        if not timeout.expired():
+            raise
+        raise DeadlineExceeded("the request's deadline passed before its images were embedded "
+                               "(x-request-timeout-ms or request_timeout_ms)") from None
+
+
+def _classify(error: Exception, request_id: str, payload_limit: int) -> HTTPError:
     if isinstance(error, IEIError):
         return HTTPError.from_error(error)
     if isinstance(error, HTTPException):  # raised by Litestar while reading the body
         error_type = ERROR_TYPE_BY_STATUS.get(error.status_code, "Validation")
-        return HTTPError(error_type, _litestar_message(error))
+        return HTTPError(error_type, _litestar_message(error, payload_limit))
     log.error("unexpected error in request %s", request_id, exc_info=error)
     return HTTPError("Internal", f"internal error (request id {request_id})")
 
 
-def _litestar_message(error: HTTPException) -> str:
+def _litestar_message(error: HTTPException, payload_limit: int) -> str:
     if error.status_code == 413:
-        return "request body is larger than the payload limit"
+        return f"request body is larger than the payload limit of {payload_limit} bytes (payload_limit)"
     return str(error.detail)
 
 
@@ -134,14 +167,16 @@ async def _serve(state: AppState, request: Request, route: str, read: Reader, re
     try:
         state.check_api_key(request)
         engine = state.require_engine()
+        timeout_s = _deadline_s(request, state.settings.request_timeout_ms)
+        deadline = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
         inputs = await read(request)
-        result = await _unless_disconnected(request, engine.embed(
-            inputs.images, normalize=inputs.normalize, dimensions=inputs.dimensions, field=field))
+        result = await _before(deadline, _unless_disconnected(request, engine.embed(
+            inputs.images, normalize=inputs.normalize, dimensions=inputs.dimensions, field=field)))
         status, body, headers, outcome = 200, render(result, inputs), {}, "success"
     except ClientGone:
         status, body, headers, outcome = 499, b"", {}, "ClientGone"
     except Exception as e:  # every error leaves as JSON; text of unexpected ones stays in the log
-        error = _classify(e, request_id)
+        error = _classify(e, request_id, state.settings.payload_limit)
         status, body, headers, outcome = error.status, render_error(error), error.headers, error.error_type
     total_s = time.perf_counter() - start
     headers.update(_timing_headers(total_s, result))
@@ -187,17 +222,19 @@ def build_route_handlers(state: AppState) -> list[HTTPRouteHandler]:
     @post(["/embed", "/", "/invocations"], status_code=200, summary="Embed images",
           description="Body: JSON `{\"inputs\": [base64, ...], \"normalize\": true, \"dimensions\": null}`, "
                       "multipart/form-data file parts, or one raw image (image/*, application/octet-stream). "
-                      "Returns `[[float, ...], ...]`, one vector per image in input order.")
+                      "Returns `[[float, ...], ...]`, one vector per image in input order.",
+          operation_class=EmbedOperation, responses=EMBED_RESPONSES)
     async def embed(request: Request) -> Response:
         return await _serve(state, request, "/embed", read_embed_inputs, _render_tei, HTTPError.tei_body)
 
     @post("/v1/embeddings", status_code=200, summary="OpenAI-compatible embeddings",
-          description="`{\"input\": base64 | [base64], \"encoding_format\": \"float\" | \"base64\", \"dimensions\": n}`")
+          description="`{\"input\": base64 | [base64], \"encoding_format\": \"float\" | \"base64\", \"dimensions\": n}`",
+          operation_class=OpenAIOperation, responses=OPENAI_RESPONSES)
     async def openai_embeddings(request: Request) -> Response:
         return await _serve(state, request, "/v1/embeddings", read_openai_inputs,
                             partial(_render_openai, settings.model_name), HTTPError.openai_body, field="input")
 
-    @get("/health", summary="Readiness: 200 once the model answers, else 503")
+    @get("/health", summary="Readiness: 200 once the model answers, else 503", responses=UNHEALTHY_RESPONSES)
     async def health() -> Response:
         engine = state.engine
         problem = "the model is not loaded yet" if engine is None else await engine.health_problem_after_probe()
@@ -205,7 +242,7 @@ def build_route_handlers(state: AppState) -> list[HTTPRouteHandler]:
             return Response(content=_HEALTH_OK, status_code=200, media_type=JSON)
         return Response(content=HTTPError("Unhealthy", problem).tei_body(), status_code=503, media_type=JSON)
 
-    @get("/info", summary="Model and server settings")
+    @get("/info", summary="Model and server settings", responses=UNHEALTHY_RESPONSES)
     async def info() -> Info:
         engine = state.require_engine()
         model = engine.model.info
@@ -220,9 +257,11 @@ def build_route_handlers(state: AppState) -> list[HTTPRouteHandler]:
             max_image_pixels=settings.max_image_pixels, payload_limit=settings.payload_limit,
             preprocess_workers=settings.workers, draft_decode=settings.draft_decode,
             random_weights=model.random_weights, input_formats=INPUT_FORMATS, version=__version__,
+            image_formats=list(settings.image_format_names), decode_timeout_ms=settings.decode_timeout_ms,
+            request_timeout_ms=settings.request_timeout_ms, allow_url_inputs=settings.allow_url_inputs,
         )
 
-    @get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+    @get("/metrics", summary="Prometheus metrics", media_type="text/plain", responses=UNHEALTHY_RESPONSES)
     async def metrics() -> Response:
         engine = state.require_engine()
         return Response(content=engine.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

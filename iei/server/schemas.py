@@ -99,3 +99,7 @@ class Info(msgspec.Struct):
     random_weights: bool
     input_formats: list[str]
     version: str
+    image_formats: list[str] = msgspec.field(default_factory=list)  # allowed image formats
+    decode_timeout_ms: float = 0.0
+    request_timeout_ms: float = 0.0  # default deadline; 0: none
+    allow_url_inputs: bool = False

@@ -40,6 +40,28 @@ def png_claiming(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
 
 
+def gif_claiming(width: int, height: int) -> bytes:
+    screen = struct.pack("<HHBBB", width, height, 0, 0, 0)
+    frame = b"," + struct.pack("<HHHHB", 0, 0, width, height, 0) + b"\x02\x02\x44\x01\x00"
+    return b"GIF89a" + screen + frame + b";"
+
+
+def jpeg_claiming(width: int, height: int) -> bytes:
+    start_of_frame = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, height, width, 1) + b"\x01\x11\x00"
+    return bytes.fromhex("ffd8ffe000104a46494600010100000100010000") + start_of_frame + b"\xff\xd9"
+
+
+def animated(fmt: str) -> bytes:
+    first, *rest = [photo().point(lambda v, k=k: (v + 80 * k) % 256) for k in range(3)]
+    return encode(first, fmt, save_all=True, append_images=rest)
+
+
+def exif_rotated(image: Image.Image, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(image, "PNG", exif=exif)
+
+
 GOOD = {
     "one_pixel": lambda: encode(Image.new("RGB", (1, 1), (9, 99, 199)), "PNG"),
     "grayscale": lambda: encode(photo().convert("L"), "PNG"),
@@ -51,6 +73,10 @@ GOOD = {
     "gif": lambda: encode(photo().convert("P"), "GIF"),
     "bmp": lambda: encode(photo(), "BMP"),
     "tiff": lambda: encode(photo(), "TIFF"),
+    "animated_gif": lambda: animated("GIF"),
+    "animated_webp": lambda: animated("WEBP"),
+    "multipage_tiff": lambda: animated("TIFF"),
+    "exif_rotated": lambda: exif_rotated(photo(), 6),
 }
 
 BAD = {
@@ -59,6 +85,15 @@ BAD = {
     "truncated_jpeg": (b64(encode(photo((640, 480)), "JPEG")[:1500]), "truncated"),
     "zero_bytes_png": (b64(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64), "decodable"),
     "bomb_header": (b64(png_claiming(100_000, 100_000)), "pixels"),
+    "bomb_header_gif": (b64(gif_claiming(60_000, 60_000)), "pixels"),
+    "bomb_header_jpeg": (b64(jpeg_claiming(60_000, 60_000)), "pixels"),
+    "over_pixel_limit": (b64(png_claiming(12_000, 9_000)), "over the limit of 100000000"),
+    "svg": (b64(b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>'), "unsupported image format SVG"),
+    "pdf": (b64(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\ntrailer\n<<>>\n%%EOF\n"),
+            "unsupported image format PDF"),
+    "tga_not_allowed": (b64(encode(photo(), "TGA")), "unsupported image format TGA"),
+    "truncated_png": (b64(encode(photo((640, 480)), "PNG", compress_level=0)[:5000]), "truncated"),
+    "corrupt_jpeg_body": (b64(encode(photo(), "JPEG")[:300] + bytes(range(256)) * 20), "truncated"),
 }
 
 
@@ -94,6 +129,46 @@ def test_bad_images_are_422_naming_the_index(client, name):
     assert body["error"].startswith("inputs[1]: ") and hint in body["error"]
 
 
+def test_exif_orientation_is_applied(client):
+    upright = photo().transpose(Image.Transpose.ROTATE_270)  # what orientation 6 displays
+    rotated = client.post("/embed", json={"inputs": [b64(GOOD["exif_rotated"]())]}).json()[0]
+    expected = client.post("/embed", json={"inputs": [b64(encode(upright, "PNG"))]}).json()[0]
+    np.testing.assert_allclose(rotated, expected, atol=1e-5)
+
+
+def test_animated_images_use_their_first_frame(client):
+    first = photo()
+    expected = client.post("/embed", json={"inputs": [b64(encode(first, "PNG"))]}).json()[0]
+    for name in ("animated_webp", "multipage_tiff"):  # lossless here; GIF's palette is not
+        got = client.post("/embed", json={"inputs": [b64(GOOD[name]())]}).json()[0]
+        assert np.dot(got, expected) > 0.99, name
+
+
+@pytest.mark.parametrize("body", [
+    b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    b'{"inputs": ["' + b"A" * 3 + b'"' + b', {"a": [1, [2, [3]]]}' * 1000 + b"]}",
+    b'{"inputs": "' + b"\\u0000" * 1000 + b'"}',
+    b'{"inputs": ' + b"1" * 5000 + b"}",
+], ids=["deeply_nested", "mixed_types", "escaped_nul", "huge_number"])
+def test_hostile_json_is_a_4xx(client, body):
+    response = client.post("/embed", content=body, headers={"content-type": "application/json"})
+    assert 400 <= response.status_code < 500 and response.json()["error_type"] == "Validation", response.text
+    assert "Traceback" not in response.text
+
+
+def test_enormous_json_is_413_naming_the_limit(client):
+    body = b'{"inputs": ["' + b"A" * (5 * 1024 * 1024) + b'"]}'
+    response = client.post("/embed", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and response.json() == {
+        "error": f"request body is larger than the payload limit of {4 * 1024 * 1024} bytes (payload_limit)",
+        "error_type": "PayloadTooLarge"}
+
+
+def test_zero_byte_raw_body(client):
+    response = client.post("/embed", content=b"", headers={"content-type": "image/png"})
+    assert response.status_code == 422 and response.json()["error"] == "inputs[0]: empty image"
+
+
 def test_empty_string_input(client):
     response = client.post("/embed", json={"inputs": [""]})
     assert response.status_code == 422 and response.json()["error"].startswith("inputs[0]")
@@ -105,12 +180,14 @@ def test_bad_raw_body(client):
 
 
 def test_bad_images_do_not_fail_other_clients(client):
-    """Valid and invalid single-image requests interleaved concurrently: every valid one succeeds."""
+    """Every bad input of the corpus interleaved concurrently with valid requests (so they share
+    batches and workers): every valid one succeeds, every bad one is a 422, nothing is a 5xx."""
     import concurrent.futures
 
     good = b64(encode(photo(), "JPEG"))
-    bodies = [{"inputs": [good]} if i % 2 else {"inputs": [BAD["truncated_jpeg"][0]]} for i in range(24)]
+    bad = [payload for payload, _ in BAD.values()]
+    bodies = [{"inputs": [good]} if i % 2 else {"inputs": [bad[(i // 2) % len(bad)]]} for i in range(4 * len(bad))]
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
         statuses = list(pool.map(lambda body: client.post("/embed", json=body).status_code, bodies))
-    assert statuses == [200 if i % 2 else 422 for i in range(24)]
+    assert statuses == [200 if i % 2 else 422 for i in range(len(bodies))]
     assert client.get("/health").status_code == 200

@@ -162,6 +162,9 @@ def test_info_fields(client, tiny_model):
                 "max_client_batch_size", "max_image_pixels", "payload_limit", "preprocess_workers", "version"):
         assert key in info
     assert info["max_client_batch_size"] == 16 and info["preprocess_workers"] == 2
+    assert info["image_formats"] == ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]
+    assert info["decode_timeout_ms"] == 10_000 and info["request_timeout_ms"] == 0
+    assert info["allow_url_inputs"] is False
 
 
 def test_health(client):

@@ -334,15 +334,31 @@ def png_header_only(width: int, height: int) -> bytes:
         (b"", "empty image"),
         (b"hello, this is not an image", "not a decodable image"),
         (b"\x00" * 1000, "not a decodable image"),
-        (b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', "not a decodable image"),
-        (b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\n", "not a decodable image"),
-        (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", "not a decodable image"),
+        (b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', "unsupported image format SVG"),
+        (b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>', "unsupported image format SVG"),
+        (b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\n", "unsupported image format PDF"),
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", "unsupported image format PostScript"),
     ],
-    ids=["empty", "text", "zeros", "svg", "pdf", "eps"],
+    ids=["empty", "text", "zeros", "svg", "xml-svg", "pdf", "eps"],
 )
 def test_undecodable_bytes(data, message):
     with pytest.raises(InputError, match=message):
         prepare_image(data, VIT)
+
+
+@pytest.mark.parametrize("fmt", ["ICO", "TGA", "PPM"])
+def test_formats_outside_the_default_allow_list_are_named(fmt):
+    data = encode(Image.new("RGB", (16, 16), "red"), fmt)
+    with pytest.raises(InputError, match=rf"unsupported image format {fmt} \(allowed: JPEG, PNG, WEBP, GIF, BMP, TIFF\)"):
+        prepare_image(data, VIT)
+    assert_valid(prepare_image(data, msgspec.structs.replace(VIT, formats=(fmt,))))
+
+
+def test_allow_list_narrows_the_formats():
+    png_only = msgspec.structs.replace(VIT, formats=("PNG",))
+    assert_valid(prepare_image(encode(Image.new("RGB", (8, 8)), "PNG"), png_only))
+    with pytest.raises(InputError, match=r"unsupported image format JPEG \(allowed: PNG\)"):
+        prepare_image(encode(Image.new("RGB", (8, 8)), "JPEG"), png_only)
 
 
 def test_truncated_jpeg_and_png(jpegs, seeds):

@@ -7,7 +7,9 @@ import asyncio
 import io
 import os
 import signal
+import time
 
+import msgspec
 import numpy as np
 import pytest
 from PIL import Image
@@ -81,26 +83,78 @@ async def test_acquire_waits_for_a_released_slot(pool):
     assert await asyncio.wait_for(waiter, 1) == slots[2]
 
 
-async def test_a_killed_worker_fails_only_its_images_and_is_replaced(pool):
-    big = png(size=(3000, 3000))
+async def wait_for_workers(pool, count: int) -> None:
+    for _ in range(500):
+        if len(pool.worker_pids) == count:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"expected {count} live workers, got {pool.worker_pids}")
+
+
+async def prepare_on_a_frozen_worker(pool, payloads: list[bytes]) -> tuple[int, list]:
+    """Stop one worker (SIGSTOP), then send `payloads`; the frozen worker gets half of them,
+    queued behind one another. Returns its pid and the still-running tasks with their slots."""
     victim = pool.worker_pids[0]
-    slots = [await pool.acquire_slot() for _ in range(4)]
-    tasks = [asyncio.ensure_future(pool.prepare(big, "raw", s)) for s in slots]
+    os.kill(victim, signal.SIGSTOP)
+    slots = [await pool.acquire_slot() for _ in payloads]
+    tasks = [asyncio.ensure_future(pool.prepare(data, "raw", slot)) for data, slot in zip(payloads, slots)]
     await asyncio.sleep(0.05)
+    return victim, list(zip(tasks, slots))
+
+
+async def test_a_killed_worker_fails_only_the_image_it_was_on_and_is_replaced(pool):
+    victim, running = await prepare_on_a_frozen_worker(pool, [png()] * 4)
     os.kill(victim, signal.SIGKILL)
-    results = await asyncio.gather(*tasks, return_exceptions=True)
+    results = await asyncio.gather(*(task for task, _ in running), return_exceptions=True)
     died = [r for r in results if isinstance(r, PreprocessWorkerDied)]
-    assert died, results
-    assert all(r is None or isinstance(r, PreprocessWorkerDied) for r in results)
-    for slot, result in zip(slots, results):
+    assert len(died) == 1 and results.count(None) == 3, results  # the queued ones went to the other worker
+    for (_, slot), result in zip(running, results):
         if result is None:
+            np.testing.assert_array_equal(pool.pixels[slot], prepare_pixels(png(), SPEC))
             pool.release_slot(slot)
     assert pool.free_slots == 4
-    for _ in range(500):
-        if len(pool.worker_pids) == 2:
-            break
-        await asyncio.sleep(0.02)
-    assert len(pool.worker_pids) == 2 and victim not in pool.worker_pids
+    await wait_for_workers(pool, 2)
+    assert victim not in pool.worker_pids
     slot = await pool.acquire_slot()
     await pool.prepare(png(), "raw", slot)
     pool.release_slot(slot)
+
+
+def noisy_png(size: int) -> bytes:
+    pixels = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG", compress_level=1)
+    return buf.getvalue()
+
+
+async def test_decode_over_the_time_limit_is_an_input_error_and_the_worker_survives():
+    pool = PreprocessPool(msgspec.structs.replace(SPEC, decode_timeout_s=0.005), workers=1, slots=2)
+    await pool.start()
+    try:
+        (pid,) = pool.worker_pids
+        slot = await pool.acquire_slot()
+        with pytest.raises(InputError, match=r"decoding took longer than the limit of 5 ms \(decode_timeout_ms\)"):
+            await pool.prepare(noisy_png(2500), "raw", slot)
+        assert pool.free_slots == 2 and pool.worker_pids == [pid]
+    finally:
+        await pool.close()
+
+
+async def test_a_stuck_worker_is_killed_by_the_watchdog_and_only_its_image_fails():
+    pool = PreprocessPool(msgspec.structs.replace(SPEC, decode_timeout_s=0.2), workers=2, slots=4)
+    await pool.start()
+    try:
+        started = time.monotonic()
+        victim, running = await prepare_on_a_frozen_worker(pool, [png()] * 4)
+        results = await asyncio.gather(*(task for task, _ in running), return_exceptions=True)
+        assert time.monotonic() - started < 5  # the watchdog fires at 2 x 0.2 s + 1 s
+        timed_out = [r for r in results if isinstance(r, InputError)]
+        assert len(timed_out) == 1 and "decoding took longer" in timed_out[0].message, results
+        assert results.count(None) == 3
+        for (_, slot), result in zip(running, results):
+            if result is None:
+                pool.release_slot(slot)
+        await wait_for_workers(pool, 2)
+        assert victim not in pool.worker_pids and pool.free_slots == 4
+    finally:
+        await pool.close()

@@ -1,0 +1,115 @@
+"""Faults and shutdown of a real `iei serve` process (tiny real model): a killed preprocessing worker
+under load, a hung model caught by the watchdog, and SIGTERM's graceful drain."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import re
+import signal
+import time
+
+import httpx
+import pytest
+
+from tests.e2e.test_model_process import model_pids
+from tests.server_process import running_server
+
+pytestmark = pytest.mark.slow
+
+
+def worker_pids(log: str) -> list[int]:
+    match = re.search(r"preprocessing pool ready: \d+ workers \(pids ([\d ]+)\)", log)
+    assert match, log
+    return [int(pid) for pid in match.group(1).split()]
+
+
+def wait_healthy(url: str, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while httpx.get(url + "/health").status_code != 200:
+        assert time.monotonic() < deadline, "the server did not become healthy again"
+        time.sleep(0.1)
+
+
+def test_killed_preprocessing_worker_under_load_fails_at_most_its_one_request(tiny_model, seed_base64, server_logs):
+    with running_server("--model", str(tiny_model("vit")), "--preprocess-workers", "2", "--backend-threads", "1",
+                        log_dir=server_logs) as server:
+        victim = worker_pids(server.log())[0]
+        body = {"inputs": seed_base64[:2]}
+
+        def client(_: int) -> list[httpx.Response]:
+            return [httpx.post(server.url + "/embed", json=body, timeout=60) for _ in range(4)]
+
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            running = pool.map(client, range(6))
+            time.sleep(0.5)
+            os.kill(victim, signal.SIGKILL)
+            responses = [r for batch in running for r in batch]
+        failed = [r for r in responses if r.status_code != 200]
+        assert len(failed) <= 1, [r.text for r in failed]  # only the image the worker was on fails
+        for response in failed:
+            assert response.status_code == 424 and "preprocessing worker" in response.json()["error"]
+        deadline = time.monotonic() + 30
+        while "preprocessing worker 0 is back" not in server.log():
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.1)
+        assert httpx.post(server.url + "/embed", json=body, timeout=60).status_code == 200
+        assert httpx.get(server.url + "/health").status_code == 200
+
+
+def test_hung_model_is_killed_by_the_watchdog_and_restarted(tiny_model, seed_base64, server_logs):
+    with running_server("--model", str(tiny_model("vit")), "--preprocess-workers", "1", "--backend-threads", "1",
+                        "--batch-timeout-ms", "1000", log_dir=server_logs) as server:
+        body = {"inputs": seed_base64[:1]}
+        assert httpx.post(server.url + "/embed", json=body, timeout=60).status_code == 200
+        (pid,) = model_pids(server.log())
+        os.kill(pid, signal.SIGSTOP)  # hangs like a deadlocked kernel would: alive, never answers
+        started = time.monotonic()
+        hung = httpx.post(server.url + "/embed", json=body, timeout=60)
+        assert hung.status_code == 424, hung.text
+        assert "batch_timeout_ms" in hung.json()["error"] and time.monotonic() - started < 5
+        wait_healthy(server.url)
+        assert httpx.post(server.url + "/embed", json=body, timeout=60).status_code == 200
+        assert len(model_pids(server.log())) == 2 and server.process.poll() is None
+
+
+def inflight_images(url: str) -> int:
+    match = re.search(r"^iei_inflight_images (\S+)$", httpx.get(url + "/metrics").text, re.MULTILINE)
+    return int(float(match.group(1))) if match else 0
+
+
+def test_sigterm_finishes_in_flight_requests_then_exits_0(tiny_model, seed_base64, server_logs):
+    with running_server("--model", str(tiny_model("vit")), "--preprocess-workers", "1", "--backend-threads", "1",
+                        "--shutdown-timeout-s", "20", log_dir=server_logs) as server:
+        body = {"inputs": seed_base64 * 2}  # 12 large PNGs: seconds of decoding on one worker for 6 clients
+
+        def client(_: int) -> httpx.Response | Exception:
+            try:
+                return httpx.post(server.url + "/embed", json=body, timeout=60)
+            except httpx.TransportError as e:  # not yet accepted when the listener closed: refused
+                return e
+
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            running = [pool.submit(client, i) for i in range(6)]
+            deadline = time.monotonic() + 10
+            while inflight_images(server.url) < 24:  # at least two requests admitted
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            admitted = inflight_images(server.url) // 12
+            server.process.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            refused = None
+            while refused is None and server.process.poll() is None:
+                try:  # new work is refused while the admitted requests finish
+                    status = httpx.get(server.url + "/health", timeout=5).status_code
+                    refused = status == 503 or None
+                except httpx.TransportError:
+                    refused = True
+                time.sleep(0.05)
+            results = [future.result() for future in running]
+        answered = [r for r in results if isinstance(r, httpx.Response)]
+        assert all(r.status_code == 200 and len(r.json()) == 12 for r in answered), [r.text for r in answered]
+        assert len(answered) >= admitted >= 2  # every request in flight at SIGTERM was finished
+        assert refused, "the server kept accepting work after SIGTERM"
+        assert server.process.wait(timeout=30) == 0, server.log()
+        assert time.monotonic() - signalled < 25
