@@ -216,6 +216,11 @@ def _load_dummy(config: BackendConfig, pooling_request: str | None) -> tuple[Any
     return model, pooling, None
 
 
+def image_size_of(hf_config: Any, override: tuple[int, int] | None) -> tuple[tuple[int, int], int]:
+    """((height, width), channels) of the pixels the model takes."""
+    return _image_size(hf_config, override), int(vision_config(hf_config).num_channels)
+
+
 def text_fields(hf_config: Any, text: bool) -> dict[str, Any]:
     """ModelInfo's modalities and text fields (shared with the ONNX exporter)."""
     if not text:

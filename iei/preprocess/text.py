@@ -91,7 +91,7 @@ def text_spec_for(source: ModelSource, info: ModelInfo) -> TextSpec | None:
     if "text" not in info.modalities or info.text_max_length is None:
         return None
     folder, random = source.processor_source, False
-    if source.load_format == "dummy" and not has_tokenizer(source.config_dir):
+    if info.random_weights and not has_tokenizer(folder):
         folder, random = str(random_tokenizer_dir(info.model_type, info.text_max_length)), True
         log.warning("!!! RANDOM TOKENIZER: %r has no tokenizer on disk; texts are tokenised with a made-up %s "
                     "vocabulary (for tests and benchmarks, like the random weights) !!!", source.model_id, info.model_type)
