@@ -145,7 +145,9 @@ class EmbeddingModel(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if self.pooling == "projection":
             return self.model.get_image_features(pixel_values=pixel_values)
-        out = self.vision(pixel_values=pixel_values, return_dict=True)
+        # A dual encoder's vision tower always returns an output object (and takes no `return_dict`).
+        out = self.vision(pixel_values=pixel_values) if self.vision is not self.model else \
+            self.model(pixel_values=pixel_values, return_dict=True)
         if self.pooling == "pooler" or (self.pooling == "mean" and self.mean_source == "pooler"):
             pooled = getattr(out, "pooler_output", None)
             if pooled is None:
