@@ -7,7 +7,7 @@ slot bookkeeping to save copying a few hundred bytes.
 
 Tokenisation is the model's own tokenizer (`AutoTokenizer`), truncated to the model's text length and, for
 SigLIP, padded to it (SigLIP was trained on texts padded to 64 tokens). This module imports transformers only
-inside functions: workers that never see a text never pay for it.
+inside functions: workers of image-only models never pay for it.
 """
 
 from __future__ import annotations
@@ -63,18 +63,23 @@ def load_text_spec(source: str, revision: str | None, *, max_length: int, paddin
 
 
 class Tokenizer:
-    """A worker's tokenizer, loaded on its first text (workers of image-only models never load one)."""
+    """A worker's tokenizer (workers of image-only models have none)."""
 
     def __init__(self, spec: TextSpec) -> None:
         self._spec = spec
         self._tokenizer: Any = None
 
-    def __call__(self, text: str) -> np.ndarray:
-        """One text -> int32 (L,) token ids. Raises InputError for a text the tokenizer rejects."""
+    def load(self) -> None:
+        """Load the tokenizer now (importing transformers takes seconds: a worker does it before it reports
+        ready, not on a client's first text)."""
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
             self._tokenizer = AutoTokenizer.from_pretrained(self._spec.source, revision=self._spec.revision)
+
+    def __call__(self, text: str) -> np.ndarray:
+        """One text -> int32 (L,) token ids. Raises InputError for a text the tokenizer rejects."""
+        self.load()
         if not isinstance(text, str):
             raise InputError("expected a string")
         padding = "max_length" if self._spec.pad_to_max_length else False

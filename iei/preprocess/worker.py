@@ -83,6 +83,8 @@ def worker_main(conn: Connection, slab_name: str, slab_shape: tuple[int, ...], s
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when workers stop
     spec = msgspec.msgpack.decode(spec_bytes, type=PreprocessSpec)
     tokenize = Tokenizer(msgspec.msgpack.decode(text_spec_bytes, type=TextSpec)) if text_spec_bytes else None
+    if tokenize is not None:
+        tokenize.load()
     shm, slab = attach_slab(slab_name, slab_shape)
     decode_task = msgspec.msgpack.Decoder(Task).decode
     encode = msgspec.msgpack.Encoder().encode
