@@ -162,3 +162,21 @@ def test_dummy_weights_without_a_tokenizer_embed_text_offline(tiny_model, server
     assert np.array(texts.json()).shape == (2, 16) and np.array(images.json()).shape == (1, 16)
     assert info["random_weights"] and info["modalities"] == ["image", "text"] and info["max_input_tokens"] == 77
     assert "RANDOM WEIGHTS" in log and "RANDOM TOKENIZER" in log
+
+
+def test_bad_text_requests_are_clear_errors(served):
+    family, backend, server = served
+    if (family, backend) != ("clip", "torch"):
+        pytest.skip("checked once")
+    cases = [({"inputs": [], "modality": "text"}, 400, "cannot be empty"),
+             ({"inputs": ["a cat", 3], "modality": "text"}, 422, "Expected `str`"),
+             ({"inputs": ["a cat"], "modality": "video"}, 422, "modality"),
+             ({"inputs": ["a cat"], "modality": "text", "dimensions": 17}, 422, "between 1 and 16")]
+    for body, status, message in cases:
+        response = httpx.post(server.url + "/embed", json=body, timeout=30)
+        assert response.status_code == status and message in response.json()["error"], response.text
+    surrogate = httpx.post(server.url + "/embed", content=b'{"inputs": ["lone \\ud800"], "modality": "text"}',
+                           headers={"content-type": "application/json"}, timeout=30)  # not encodable text
+    assert surrogate.status_code == 422 and surrogate.json()["error_type"] == "Validation", surrogate.text
+    healthy = _post(server, ["still fine"], "text")  # nothing above hurt the server
+    assert healthy.status_code == 200 and httpx.get(server.url + "/health").status_code == 200
