@@ -31,6 +31,9 @@ class BackendConfig(msgspec.Struct, frozen=True, kw_only=True):
     # processor's rescale and normalise folded together; see iei.preprocess.image.pixel_affine).
     pixel_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
     pixel_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    # (height, width) of the pixels the preprocessing produces; None: the model config's image_size.
+    # DINOv2 configs say 518 (the pretraining size) while its processor crops 224.
+    image_size: tuple[int, int] | None = None
     # ONNX Runtime backends (onnx, tensorrt); the torch backend ignores these.
     onnx_optimize: str = "O2"  # none | O1 | O2 | O3 (graph optimisation of the exported model)
     onnx_opset: int = 0  # 0: the exporter's default for the model type
@@ -51,7 +54,11 @@ class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
     pooling: str  # e.g. "mean"
     embedding_dim: int
     image_size: tuple[int, int]  # (height, width) of the pixel tensor the model takes
-    modalities: tuple[str, ...] = ("image",)  # room for text towers later
+    modalities: tuple[str, ...] = ("image",)  # ("image", "text") for a dual encoder whose pooling shares the text space
+    # Text towers: the most tokens a text may have, and "longest" (pad a batch to its longest text) or
+    # "max_length" (pad every text to text_max_length, as SigLIP was trained).
+    text_max_length: int | None = None
+    text_padding: str | None = None
     random_weights: bool = False
     provider: str | None = None  # e.g. "CPUExecutionProvider" (ONNX Runtime backends)
     precision: str | None = None  # fp32 | fp16 | int8 (ONNX Runtime backends)
@@ -60,6 +67,18 @@ class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
 
 class BackendError(Exception):
     """The model failed on a batch (or at start-up). The message is safe to show a client."""
+
+
+def check_tokens(input_ids: object, attention_mask: object, modalities: tuple[str, ...]) -> None:
+    """Raise BackendError unless the model embeds text and both arrays are integer (B, L) of one shape."""
+    if "text" not in modalities:
+        raise BackendError("this model embeds images only")
+    for name, array in (("input_ids", input_ids), ("attention_mask", attention_mask)):
+        if not isinstance(array, np.ndarray) or array.ndim != 2 or array.dtype.kind not in "iu":
+            got = getattr(array, "shape", type(array).__name__)
+            raise BackendError(f"expected {name} as an integer array of shape (B, L), got {got}")
+    if input_ids.shape != attention_mask.shape:  # type: ignore[union-attr]
+        raise BackendError(f"input_ids {input_ids.shape} and attention_mask {attention_mask.shape} differ")  # type: ignore[union-attr]
 
 
 def check_pixels(pixels: object, num_channels: int, image_size: tuple[int, int]) -> None:
@@ -81,6 +100,12 @@ class Backend(Protocol):
         """Embed a batch -> float32 (B, D), pooled, not L2-normalised. `pixels` is uint8 (B, 3, H, W),
         resized and cropped, which the backend normalises with `pixel_scale`/`pixel_offset`; or float32
         already normalised. Raises BackendError."""
+        ...
+
+    def embed_texts(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Embed tokenised texts -> float32 (B, D) in the image embedding's space, not L2-normalised.
+        `input_ids` and `attention_mask` are int (B, L), padded on the right. Raises BackendError (also
+        when the model has no "text" modality)."""
         ...
 
     def warmup(self) -> None:

@@ -1,7 +1,8 @@
 """The ONNX Runtime runtime ("onnx": CPU or CUDA provider; "tensorrt": the TensorRT provider).
 
 The graph is the torch backend's `EmbeddingModel` exported by Optimum (`backends.onnx_export`), so it
-returns the pooled embedding itself: both backends share one definition of the embedding. The model
+returns the pooled embedding itself: both backends share one definition of the embedding. CLIP and SigLIP
+exports hold a second graph, the text tower (`text_model.onnx`), run by a second session. The model
 comes from a folder written by `iei export` (passed as the model), or from the export cache, exported on
 first start. Providers and precision are planned by `backends.onnx_providers`.
 
@@ -17,13 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import BackendConfig, BackendError, ModelInfo, check_pixels
-from backends.onnx_export import MODEL_FILE, ExportOptions, Manifest, cached_export, is_export_folder, read_export
+from backends.base import BackendConfig, BackendError, ModelInfo, check_pixels, check_tokens
+from backends.onnx_export import (
+    MODEL_FILE, TEXT_MODEL_FILE, ExportOptions, Manifest, cached_export, is_export_folder, read_export,
+)
 from backends.onnx_providers import CPU, ProviderPlan, plan_providers, session_options
 
 logger = logging.getLogger("iei.backends.onnx")
 
 _CPU_WARMUP_CAP = 8
+_TENSORRT = "TensorrtExecutionProvider"
 
 
 def default_cache_dir() -> Path:
@@ -40,8 +44,11 @@ class OnnxBackend:
     `load_onnx_backend` / `load_tensorrt_backend`. All methods run on the model thread and block."""
 
     def __init__(self, session: Any, manifest: Manifest, plan: ProviderPlan, info: ModelInfo, max_batch_size: int,
-                 pixel_affine: tuple[np.ndarray, np.ndarray]) -> None:
+                 pixel_affine: tuple[np.ndarray, np.ndarray], text_session: Any = None) -> None:
         self._session = session  # owned by the model thread
+        self._text_session = text_session
+        # The trace drops an input the graph never reads (SigLIP ignores the attention mask).
+        self._text_inputs = {i.name for i in text_session.get_inputs()} if text_session is not None else set()
         self._input, self._output = manifest.input_name, manifest.output_name
         self._num_channels = manifest.num_channels
         self._io_binding = plan.io_binding
@@ -78,15 +85,30 @@ class OnnxBackend:
         except Exception as e:
             raise BackendError(f"model failed on a batch of {pixels.shape[0]} images: {type(e).__name__}: {_short(e, 200)}") from e
 
+    def embed_texts(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """int (B, L) token ids and mask -> float32 (B, D), not L2-normalised. Raises BackendError."""
+        check_tokens(input_ids, attention_mask, self.info.modalities)
+        if self._text_session is None:
+            raise BackendError("the model has been closed")
+        feeds = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)}
+        try:
+            out = self._text_session.run(["embedding"], {k: v for k, v in feeds.items() if k in self._text_inputs})
+            return np.asarray(out[0], dtype=np.float32)
+        except Exception as e:
+            raise BackendError(f"model failed on a batch of {len(input_ids)} texts: {type(e).__name__}: {_short(e, 200)}") from e
+
     def warmup(self) -> None:
         """Zeros at batch 1 and at the largest batch (capped at 8 on CPU; on TensorRT this builds the engine)."""
         h, w = self.info.image_size
         largest = self._max_batch_size if self._on_gpu else min(self._max_batch_size, _CPU_WARMUP_CAP)
         for batch in sorted({1, max(1, largest)}):
             self.embed_images(np.zeros((batch, self._num_channels, h, w), dtype=np.uint8))
+            if self._text_session is not None:
+                self.embed_texts(np.zeros((batch, 8), dtype=np.int64), np.ones((batch, 8), dtype=np.int64))
 
     def close(self) -> None:
         self._session = None
+        self._text_session = None
 
 
 def _plan(backend: str, config: BackendConfig, image_shape: tuple[int, int, int], trt_cache: str | None) -> ProviderPlan:
@@ -130,13 +152,11 @@ def _load(backend: str, config: BackendConfig) -> OnnxBackend:
         trt_cache = str(cache_dir / "tensorrt" / hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16])
         Path(trt_cache).mkdir(parents=True, exist_ok=True)
     plan = _plan(backend, config, (manifest.num_channels, *manifest.image_size), trt_cache)
-    try:
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(model_file), sess_options=session_options(config.num_threads),
-                                       providers=list(plan.providers), provider_options=list(plan.provider_options))
-    except Exception as e:
-        raise BackendError(f"ONNX Runtime could not load {model_file}: {_short(e)}") from e
+    session = _session(model_file, config, plan.providers, plan.provider_options)
+    text_session = None
+    if TEXT_MODEL_FILE in manifest.files:  # TensorRT's profiles are shaped for pixels: the text tower skips it
+        kept = [(p, o) for p, o in zip(plan.providers, plan.provider_options) if p != _TENSORRT]
+        text_session = _session(folder / TEXT_MODEL_FILE, config, [p for p, _ in kept], [o for _, o in kept])
     active = session.get_providers()
     if active[0] != plan.providers[0]:  # ORT drops a provider that fails to initialise (missing CUDA libs)
         raise BackendError(f"ONNX Runtime could not start {plan.providers[0]} (running providers: {', '.join(active)}); "
@@ -145,12 +165,23 @@ def _load(backend: str, config: BackendConfig) -> OnnxBackend:
         model_id=config.model, model_sha=manifest.commit, model_type=manifest.model_type, backend=backend,
         device=plan.device, dtype="float16" if plan.precision == "fp16" else "float32", pooling=manifest.pooling,
         embedding_dim=manifest.embedding_dim, image_size=manifest.image_size, random_weights=manifest.random_weights,
+        modalities=manifest.modalities, text_max_length=manifest.text_max_length, text_padding=manifest.text_padding,
         provider=active[0], precision=plan.precision, model_file=str(model_file),
     )
     logger.info("loaded %s with ONNX Runtime (%s, %s, %s, optimise %s, pooling=%s, dim=%d)", config.model, active[0],
                 plan.device, plan.precision, manifest.optimize, manifest.pooling, manifest.embedding_dim)
     affine = tuple(np.asarray(v, dtype=np.float32).reshape(1, -1, 1, 1) for v in (config.pixel_scale, config.pixel_offset))
-    return OnnxBackend(session, manifest, plan, info, config.max_batch_size, affine)
+    return OnnxBackend(session, manifest, plan, info, config.max_batch_size, affine, text_session)
+
+
+def _session(path: Path, config: BackendConfig, providers: Any, provider_options: Any) -> Any:
+    try:
+        import onnxruntime as ort
+
+        return ort.InferenceSession(str(path), sess_options=session_options(config.num_threads),
+                                    providers=list(providers), provider_options=list(provider_options))
+    except Exception as e:
+        raise BackendError(f"ONNX Runtime could not load {path}: {_short(e)}") from e
 
 
 def load_onnx_backend(config: BackendConfig) -> OnnxBackend:

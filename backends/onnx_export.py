@@ -5,6 +5,11 @@ Optimum's exporter with the family's feature-extraction ONNX config, whose outpu
 one pooled `embedding` (B, D). So there is one definition of "the embedding": the ONNX file computes
 exactly what the torch backend runs, and no backend re-implements pooling.
 
+A dual encoder (CLIP, SigLIP) whose pooling shares the text space gets a second graph, `text_model.onnx`:
+its `TextEmbeddingModel` (input_ids, attention_mask -> `embedding`), through the same pipeline. Both graphs
+are traced from our own modules with our own example inputs (Optimum's dummy generators would use the
+config's image size: DINOv2 says 518 where its processor crops 224).
+
 Pipeline (all on the CPU, float32 trace): export -> graph optimisation (none | O1 | O2 | O3, ONNX
 Runtime's transformer optimiser) -> float16 copy (CUDA) or dynamic int8 quantisation (CPU, Optimum's
 config for the detected instruction set). A folder holds `model.onnx`, `config.json`,
@@ -42,7 +47,9 @@ logger = logging.getLogger("iei.backends.onnx")
 
 MANIFEST = "iei-export.json"
 MODEL_FILE = "model.onnx"
+TEXT_MODEL_FILE = "text_model.onnx"
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "embedding"
+TEXT_INPUT_NAMES = ("input_ids", "attention_mask")
 OPTIMIZE_LEVELS = ("none", "O1", "O2", "O3")
 PRECISIONS = ("fp32", "fp16", "int8")
 _FORMAT = 1  # bump when the folder layout or the exported graph changes meaning
@@ -89,6 +96,10 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     versions: dict[str, str]
     # max |onnx - torch| on a fixed random batch, measured at export (fp32 ~1e-6; fp16/int8 larger)
     check_max_abs_diff: float
+    # Text tower (CLIP, SigLIP): see ModelInfo's fields of the same names.
+    modalities: tuple[str, ...] = ("image",)
+    text_max_length: int | None = None
+    text_padding: str | None = None
 
 
 def package_versions() -> dict[str, str]:
@@ -111,7 +122,8 @@ def _sha256(path: Path) -> str:
 
 def _onnx_files(folder: Path) -> list[Path]:
     """The graph and its external-data file, if the exporter split one off (models over 2 GB)."""
-    return sorted(p for p in folder.iterdir() if p.name == MODEL_FILE or p.name.startswith(MODEL_FILE + "_data"))
+    names = (MODEL_FILE, TEXT_MODEL_FILE)
+    return sorted(p for p in folder.iterdir() if p.name in names or p.name.startswith(tuple(n + "_data" for n in names)))
 
 
 def _source_fingerprint(config: BackendConfig) -> str | None:
@@ -141,6 +153,7 @@ def cache_key(config: BackendConfig, pooling: str, commit: str | None, options: 
     return {
         "format": _FORMAT, "model": config.model, "revision": config.revision, "commit": commit,
         "load_format": config.load_format, "source": _source_fingerprint(config), "pooling": pooling,
+        "image_size": config.image_size,
         "opset": options.opset, "optimize": options.optimize, "precision": options.precision,
         "int8_isa": cpu_isa() if options.precision == "int8" else None, "versions": package_versions(),
     }
@@ -187,9 +200,10 @@ def read_export(folder: str | os.PathLike, *, verify: bool = True) -> Manifest:
 # -- building ------------------------------------------------------------------------------------
 
 
-def _onnx_config(hf_config: Any, model_id: str) -> Any:
-    """Optimum's feature-extraction ONNX config for the model type, with batch as the only dynamic axis
-    and the pooled `embedding` as the only output."""
+def _onnx_config(hf_config: Any, model_id: str, example: dict[str, Any] | None = None) -> Any:
+    """Optimum's feature-extraction ONNX config for the model type, with `example`'s inputs (torch tensors;
+    default: one pixel batch at the config's size) and the pooled `embedding` as the only output. Batch
+    (and a text's length) are the dynamic axes."""
     import optimum.exporters.onnx.model_configs  # noqa: F401  (registers the ONNX configs)
     from optimum.exporters.tasks import TasksManager
 
@@ -203,17 +217,41 @@ def _onnx_config(hf_config: Any, model_id: str) -> Any:
             f"(optimum-onnx {package_versions()['optimum-onnx']}) does not support model type {model_type!r}; "
             "serve it with --backend torch") from e
     base = type(constructor(hf_config, task="feature-extraction"))
+    axes = {name: ({0: "batch_size"} if name == INPUT_NAME else {0: "batch_size", 1: "sequence_length"})
+            for name in (example or {INPUT_NAME: None})}
 
     class EmbeddingOnnxConfig(base):  # type: ignore[misc, valid-type]
         @property
         def inputs(self) -> dict[str, dict[int, str]]:
-            return {INPUT_NAME: {0: "batch_size"}}
+            return axes
 
         @property
         def outputs(self) -> dict[str, dict[int, str]]:
             return {OUTPUT_NAME: {0: "batch_size"}}
 
+        def generate_dummy_inputs(self, framework: str = "pt", **kwargs: Any) -> dict[str, Any]:
+            return dict(example) if example is not None else super().generate_dummy_inputs(framework, **kwargs)
+
     return EmbeddingOnnxConfig(hf_config, task="feature-extraction")
+
+
+def _example_pixels(image_shape: tuple[int, int, int]) -> dict[str, Any]:
+    import torch
+
+    return {INPUT_NAME: torch.from_numpy(np.random.default_rng(0).standard_normal((2, *image_shape), dtype=np.float32))}
+
+
+def _example_text(hf_config: Any, length: int) -> dict[str, Any]:
+    """Two texts of `length` tokens, ids below 500 (within every vocabulary) and the second padded: ends with
+    the highest id, as CLIP's end-of-text token is (legacy CLIP configs locate it by argmax)."""
+    import torch
+
+    vocab = int(hf_config.text_config.vocab_size)
+    ids = np.random.default_rng(0).integers(1, min(vocab, 500), (2, length))
+    ids[:, -1] = vocab - 1
+    mask = np.ones((2, length), dtype=np.int64)
+    mask[1, length // 2 :] = 0
+    return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
 
 
 def _optimize(path: Path, level: str, model_type: str) -> None:
@@ -244,7 +282,7 @@ def _to_fp16(path: Path) -> None:
     model.save_model_to_file(str(path))
 
 
-def _quantize_int8(folder: Path) -> str:
+def _quantize_int8(folder: Path, file_name: str = MODEL_FILE) -> str:
     """Dynamic int8 quantisation with Optimum's config for this CPU's instruction set (signed weights where
     VNNI makes them exact and fast). Returns the ISA used."""
     from optimum.onnxruntime import ORTQuantizer
@@ -253,41 +291,62 @@ def _quantize_int8(folder: Path) -> str:
     isa = cpu_isa()
     qconfig = getattr(AutoQuantizationConfig, isa)(is_static=False, per_channel=True)
     quantized_dir = folder / "int8"
-    ORTQuantizer.from_pretrained(folder, file_name=MODEL_FILE).quantize(qconfig, quantized_dir)
+    ORTQuantizer.from_pretrained(folder, file_name=file_name).quantize(qconfig, quantized_dir)
     produced = next(quantized_dir.glob("*.onnx"))
-    os.replace(produced, folder / MODEL_FILE)
+    os.replace(produced, folder / file_name)
     shutil.rmtree(quantized_dir)
     logger.info("quantised to int8 (%s, weights %s)", isa, qconfig.weights_dtype.name)
     return isa
 
 
-def _save_processor(config: BackendConfig, out: Path) -> None:
+def _save_processor(config: BackendConfig, out: Path, text: bool) -> None:
+    """The image processor and, for a text tower, the tokenizer (where the source has one: random weights
+    without one get a random tokenizer when served)."""
     if config.load_format == "dummy":
-        shutil.copyfile(Path(config.config_dir) / "preprocessor_config.json", out / "preprocessor_config.json")
+        for file in Path(config.config_dir).iterdir():
+            if file.name != "config.json" and file.suffix in (".json", ".txt", ".model"):
+                shutil.copyfile(file, out / file.name)
         return
-    from transformers import AutoImageProcessor
+    from transformers import AutoImageProcessor, AutoTokenizer
 
     AutoImageProcessor.from_pretrained(config.model, revision=config.revision, use_fast=False).save_pretrained(out)
+    if text:
+        AutoTokenizer.from_pretrained(config.model, revision=config.revision).save_pretrained(out)
 
 
-def _check(path: Path, embedder: Any, image_shape: tuple[int, int, int]) -> tuple[int, float]:
-    """Run the final graph and torch on one fixed random batch: (embedding_dim, max abs difference)."""
+def _check(path: Path, module: Any, examples: list[dict[str, Any]]) -> tuple[int, float]:
+    """Run the final graph and torch on fixed example batches: (embedding_dim, max abs difference). Several
+    examples of different shapes catch a size the trace baked in."""
     import onnxruntime as ort
     import torch
 
-    x = np.random.default_rng(0).standard_normal((2, *image_shape), dtype=np.float32)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
-    with torch.inference_mode():
-        want = embedder(torch.from_numpy(x)).float().numpy()
-    if got.shape != want.shape:
-        raise ExportError(f"the exported graph returns shape {got.shape}, torch {want.shape}")
-    return int(got.shape[-1]), float(np.abs(got.astype(np.float32) - want).max())
+    declared = {i.name for i in session.get_inputs()}  # an input the graph never reads is dropped by the trace
+    diff, dim = 0.0, 0
+    for example in examples:
+        got = session.run([OUTPUT_NAME], {k: v.numpy() for k, v in example.items() if k in declared})[0]
+        with torch.inference_mode():
+            want = module(*example.values()).float().numpy()
+        if got.shape != want.shape:
+            raise ExportError(f"the exported graph returns shape {got.shape}, torch {want.shape}")
+        diff, dim = max(diff, float(np.abs(got.astype(np.float32) - want).max())), int(got.shape[-1])
+    return dim, diff
+
+
+def _export_graph(module: Any, hf_config: Any, model_id: str, example: dict[str, Any], path: Path, opset: int,
+                  options: ExportOptions) -> None:
+    from optimum.exporters.onnx import export
+
+    module.config = hf_config  # Optimum's exporter reads and sets `model.config`
+    export(module, _onnx_config(hf_config, model_id, example), path, opset=opset, disable_dynamic_axes_fix=True)
+    _optimize(path, options.optimize, hf_config.model_type)
+    if options.precision == "fp16":
+        _to_fp16(path)
 
 
 def export_model(config: BackendConfig, options: ExportOptions, out: str | os.PathLike) -> Manifest:
     """Export `config`'s model into the empty (or new) folder `out`. Raises ExportError/BackendError."""
-    from backends.torch_backend import load_cpu_embedder, read_model_config
+    from backends.torch_backend import image_size_of, load_cpu_embedder, read_model_config, text_fields
 
     if options.optimize not in OPTIMIZE_LEVELS:
         raise ExportError(f"unknown optimisation level {options.optimize!r}; use one of {', '.join(OPTIMIZE_LEVELS)}")
@@ -297,42 +356,47 @@ def export_model(config: BackendConfig, options: ExportOptions, out: str | os.Pa
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     hf_config, pooling, commit = read_model_config(config)
-    onnx_config = _onnx_config(hf_config, config.model)  # before loading weights: unsupported types fail fast
-    embedder, hf_config, pooling = load_cpu_embedder(config)
-    embedder.config = hf_config  # Optimum's exporter reads and sets `model.config`
-    size = hf_config.image_size
-    image_size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    image_shape = (int(hf_config.num_channels), *image_size)
-    path = out / MODEL_FILE
-    from optimum.exporters.onnx import export
-
-    opset = options.opset or onnx_config.DEFAULT_ONNX_OPSET
+    _onnx_config(hf_config, config.model)  # before loading weights: unsupported types fail fast
+    embedder, text_embedder, hf_config, pooling = load_cpu_embedder(config)
+    image_size, num_channels = image_size_of(hf_config, config.image_size)
+    image_example = _example_pixels((num_channels, *image_size))
+    text = text_fields(hf_config, text_embedder is not None)
+    graphs = [(embedder, MODEL_FILE, [image_example])]
+    if text_embedder is not None:
+        max_length = text["text_max_length"]
+        graphs.append((text_embedder, TEXT_MODEL_FILE, [_example_text(hf_config, n) for n in sorted({7, max_length})]))
+    opset = options.opset or _onnx_config(hf_config, config.model).DEFAULT_ONNX_OPSET
+    isa, dims, diff = None, set(), 0.0
     try:
-        export(embedder, onnx_config, path, opset=opset, disable_dynamic_axes_fix=True)
-        _optimize(path, options.optimize, hf_config.model_type)
-        if options.precision == "fp16":
-            _to_fp16(path)
+        for module, file_name, examples in graphs:
+            _export_graph(module, hf_config, config.model, examples[-1], out / file_name, opset, options)
         hf_config.save_pretrained(out)
-        _save_processor(config, out)
-        isa = _quantize_int8(out) if options.precision == "int8" else None
-        dim, diff = _check(path, embedder, image_shape)
+        _save_processor(config, out, text_embedder is not None)
+        for module, file_name, examples in graphs:
+            if options.precision == "int8":
+                isa = _quantize_int8(out, file_name)
+            dim, graph_diff = _check(out / file_name, module, examples)
+            dims.add(dim)
+            diff = max(diff, graph_diff)
     except BackendError:
         raise
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise ExportError(f"exporting model {config.model!r} (model type {hf_config.model_type!r}) to ONNX failed: "
                           f"{type(e).__name__}: {first}") from e
+    if len(dims) != 1:
+        raise ExportError(f"the image and text graphs of {config.model!r} return different widths {sorted(dims)}")
     manifest = Manifest(
         format=_FORMAT, model_id=config.model, revision=config.revision, commit=commit,
         random_weights=config.load_format == "dummy", model_type=hf_config.model_type, pooling=pooling,
-        embedding_dim=dim, image_size=image_size, num_channels=image_shape[0], opset=opset,
+        embedding_dim=dims.pop(), image_size=image_size, num_channels=num_channels, opset=opset,
         optimize=options.optimize, precision=options.precision, int8_isa=isa, input_name=INPUT_NAME,
         output_name=OUTPUT_NAME, files={p.name: _sha256(p) for p in _onnx_files(out)},
-        versions=package_versions(), check_max_abs_diff=diff,
+        versions=package_versions(), check_max_abs_diff=diff, **text,
     )
     (out / MANIFEST).write_bytes(msgspec.json.format(msgspec.json.encode(manifest)))
-    logger.info("exported %s to %s (%s, %s, opset %d, max |onnx - torch| %.2e)", config.model, out,
-                options.optimize, options.precision, opset, diff)
+    logger.info("exported %s to %s (%s, %s, opset %d, %s, max |onnx - torch| %.2e)", config.model, out,
+                options.optimize, options.precision, opset, "+".join(manifest.modalities), diff)
     return manifest
 
 

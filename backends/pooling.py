@@ -1,8 +1,10 @@
-"""What "the embedding" of an image is, per model family: one definition for every backend.
+"""What "the embedding" of an image (and of a text, for CLIP/SigLIP) is, per model family: one
+definition for every backend.
 
-`EmbeddingModel(model, pooling)` wraps a transformers vision model so that
-`forward(pixel_values) -> (B, D)` returns the pooled vector. It is an `nn.Module` so an ONNX or
-TensorRT export traces the very same definition the torch backend runs.
+`EmbeddingModel(model, pooling)` wraps a transformers vision model (or the vision side of a CLIP/SigLIP
+dual encoder) so that `forward(pixel_values) -> (B, D)` returns the pooled vector;
+`TextEmbeddingModel(model)` wraps the text side: `forward(input_ids, attention_mask) -> (B, D)`. Both are
+`nn.Module`s so an ONNX or TensorRT export traces the very same definition the torch backend runs.
 
 Poolings:
 - `mean`: the original server's embedding, the default for its families. Transformers (ViT, DeiT,
@@ -11,18 +13,29 @@ Poolings:
   the spatial mean of the final feature map followed by the final layernorm (`pooler_output`).
 - `cls`: token 0 of `last_hidden_state` (families with a CLS token only).
 - `pooler`: the model's `pooler_output` (ViT/DeiT: dense+tanh on CLS; BEiT: layernorm of the
-  mean of the patch tokens; Swin: mean of the tokens; ConvNeXt: as `mean`).
+  mean of the patch tokens; Swin: mean of the tokens; ConvNeXt: as `mean`; CLIP: the vision tower's
+  post-layernorm CLS, before the projection; SigLIP: the attention-pooling head, which is SigLIP's
+  image embedding, `get_image_features`).
+- `projection` (CLIP, its default): `get_image_features`, the pooled CLS through `visual_projection`,
+  the vector CLIP compares with text.
+- DINOv2 (default `cls`: token 0 after the final layernorm, the authors' image embedding): `mean` is
+  the mean of the patch tokens (CLS excluded) and `cls+mean` their concatenation (2 x hidden), as in
+  the DINOv2 paper's linear probe and transformers' `Dinov2ForImageClassification`.
+
+Text embeddings exist only where the image embedding lives in the text's space: CLIP with
+`projection`, SigLIP with `pooler` (`text_pooling` in the table).
 """
 
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import msgspec
 import torch
 from torch import nn
 
-POOLINGS = ("mean", "cls", "pooler")
+POOLINGS = ("mean", "cls", "pooler", "projection", "cls+mean")
 
 
 class FamilySpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -33,6 +46,12 @@ class FamilySpec(msgspec.Struct, frozen=True, kw_only=True):
     takes_add_pooling_layer: bool
     # Where `mean` reads from: "tokens" (mean of last_hidden_state) or "pooler" (pooler_output).
     mean_source: str = "tokens"
+    mean_skips_cls: bool = False  # DINOv2: `mean` averages the patch tokens only
+    # Dual encoders: the image pooling whose vectors share the text tower's space (None: image-only).
+    text_pooling: str | None = None
+    # SigLIP was trained on texts padded to max_length with no attention mask; CLIP masks its padding.
+    text_attention_mask: bool = True
+    text_pad_to_max_length: bool = False
 
 
 # model_type -> family. DeiT checkpoints such as facebook/deit-base-patch16-224 say "vit".
@@ -44,6 +63,12 @@ FAMILIES: dict[str, FamilySpec] = {
     "swinv2": FamilySpec(default="mean", allowed=("mean", "pooler"), takes_add_pooling_layer=True),
     "convnext": FamilySpec(default="mean", allowed=("mean", "pooler"), takes_add_pooling_layer=False, mean_source="pooler"),
     "convnextv2": FamilySpec(default="mean", allowed=("mean", "pooler"), takes_add_pooling_layer=False, mean_source="pooler"),
+    "clip": FamilySpec(default="projection", allowed=("projection", "pooler", "cls", "mean"), takes_add_pooling_layer=False,
+                       text_pooling="projection"),
+    "siglip": FamilySpec(default="pooler", allowed=("pooler", "mean"), takes_add_pooling_layer=False,
+                         text_pooling="pooler", text_attention_mask=False, text_pad_to_max_length=True),
+    "dinov2": FamilySpec(default="cls", allowed=("cls", "mean", "cls+mean"), takes_add_pooling_layer=False,
+                         mean_skips_cls=True),
 }
 
 # Families not in the table: `mean` over tokens (3-D output) or space (4-D output); `pooler` where
@@ -78,6 +103,17 @@ def resolve_pooling(model_type: str, requested: str | None, model_class: type | 
     return requested
 
 
+def has_text(model_type: str, pooling: str) -> bool:
+    """True when texts can be embedded into the space of this image pooling."""
+    text_pooling = FAMILIES[model_type].text_pooling if model_type in FAMILIES else None
+    return text_pooling is not None and pooling == text_pooling
+
+
+def vision_config(config: Any) -> Any:
+    """The config that describes the image tower (a dual encoder's `vision_config`, else `config`)."""
+    return getattr(config, "vision_config", None) or config
+
+
 def model_kwargs(model_type: str, pooling: str, model_class: type | None = None) -> dict[str, bool]:
     """Extra keyword arguments for `AutoModel.from_pretrained/from_config`: build the pooling layer
     only when `pooler` pooling needs it, where the family lets us choose."""
@@ -100,10 +136,18 @@ class EmbeddingModel(nn.Module):
         resolve_pooling(model_type, pooling, type(model))
         self.model = model
         self.pooling = pooling
-        self.mean_source = family_spec(model_type, type(model)).mean_source
+        spec = family_spec(model_type, type(model))
+        self.mean_source = spec.mean_source
+        self.mean_skips_cls = spec.mean_skips_cls
+        # A dual encoder (CLIP, SigLIP) runs its vision tower only; `projection` needs the whole model.
+        self.vision = getattr(model, "vision_model", model)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        out = self.model(pixel_values=pixel_values, return_dict=True)
+        if self.pooling == "projection":
+            return self.model.get_image_features(pixel_values=pixel_values)
+        # A dual encoder's vision tower always returns an output object (and takes no `return_dict`).
+        out = self.vision(pixel_values=pixel_values) if self.vision is not self.model else \
+            self.model(pixel_values=pixel_values, return_dict=True)
         if self.pooling == "pooler" or (self.pooling == "mean" and self.mean_source == "pooler"):
             pooled = getattr(out, "pooler_output", None)
             if pooled is None:
@@ -112,8 +156,33 @@ class EmbeddingModel(nn.Module):
         hidden = out.last_hidden_state
         if self.pooling == "cls":
             return hidden[:, 0]
+        if self.pooling == "cls+mean":
+            return torch.cat([hidden[:, 0], hidden[:, 1:].mean(dim=1)], dim=-1)
         if hidden.dim() == 3:  # (B, tokens, D)
-            return hidden.mean(dim=1)
+            return hidden[:, 1:].mean(dim=1) if self.mean_skips_cls else hidden.mean(dim=1)
         if hidden.dim() == 4:  # (B, C, H, W) feature map
             return hidden.mean(dim=(2, 3))
         raise PoolingError(f"cannot mean-pool a last_hidden_state of shape {tuple(hidden.shape)}")
+
+
+class TextEmbeddingModel(nn.Module):
+    """The text tower of a dual encoder (CLIP, SigLIP): `get_text_features`, the vector in the space of
+    the family's `text_pooling` image embedding.
+
+    forward: input_ids int64 (B, L), attention_mask int64 (B, L) (1 = token, 0 = padding) -> (B, D) in
+    the model's dtype, not L2-normalised. The mask is ignored where the family was trained without one
+    (SigLIP: texts padded to max_length, padding attended to).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        model_type = getattr(getattr(model, "config", None), "model_type", "")
+        spec = FAMILIES.get(model_type)
+        if spec is None or spec.text_pooling is None:
+            raise PoolingError(f"model type {model_type!r} has no text tower")
+        self.model = model
+        self.use_attention_mask = spec.text_attention_mask
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask if self.use_attention_mask else None
+        return self.model.get_text_features(input_ids=input_ids, attention_mask=mask)

@@ -1,4 +1,5 @@
-"""The PyTorch runtime: a transformers vision model plus its pooling (`backends.pooling`).
+"""The PyTorch runtime: a transformers vision model plus its pooling (`backends.pooling`), and for
+CLIP/SigLIP dual encoders the text tower too.
 
 Driven from the batcher's model thread only; never called concurrently.
 """
@@ -12,8 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from backends.base import BackendConfig, BackendError, ModelInfo, check_pixels
-from backends.pooling import EmbeddingModel, PoolingError, model_kwargs, resolve_pooling
+from backends.base import BackendConfig, BackendError, ModelInfo, check_pixels, check_tokens
+from backends.pooling import (
+    EmbeddingModel, PoolingError, TextEmbeddingModel, family_spec, has_text, model_kwargs, resolve_pooling, vision_config,
+)
 
 logger = logging.getLogger("iei.backends")
 
@@ -57,8 +60,11 @@ def _resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
     return _DTYPES[requested]
 
 
-def _image_size(config: Any) -> tuple[int, int]:
-    size = config.image_size
+def _image_size(config: Any, override: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The pixel size fed to the model: what the preprocessing produces, else the vision config's."""
+    if override is not None:
+        return (int(override[0]), int(override[1]))
+    size = vision_config(config).image_size
     if isinstance(size, int):
         return (size, size)
     h, w = size
@@ -66,7 +72,8 @@ def _image_size(config: Any) -> tuple[int, int]:
 
 
 def _check_vision_config(config: Any, model_id: str) -> None:
-    if getattr(config, "image_size", None) is None or getattr(config, "num_channels", None) is None:
+    vision = vision_config(config)
+    if getattr(vision, "image_size", None) is None or getattr(vision, "num_channels", None) is None:
         raise BackendError(
             f"{model_id!r} is not a supported image model (model type {getattr(config, 'model_type', '?')!r} "
             "has no image_size/num_channels in its config)"
@@ -81,8 +88,10 @@ class TorchBackend:
     """
 
     def __init__(self, embedder: EmbeddingModel, info: ModelInfo, device: torch.device, dtype: torch.dtype,
-                 num_channels: int, max_batch_size: int, pixel_affine: tuple[torch.Tensor, torch.Tensor]) -> None:
+                 num_channels: int, max_batch_size: int, pixel_affine: tuple[torch.Tensor, torch.Tensor],
+                 text_embedder: TextEmbeddingModel | None = None) -> None:
         self._embedder = embedder  # owned by the model thread
+        self._text_embedder = text_embedder  # shares the model's weights with `_embedder`
         self._device = device
         self._dtype = dtype
         self._scale, self._offset = pixel_affine  # float32 (1, C, 1, 1) on the device
@@ -113,17 +122,35 @@ class TorchBackend:
         except Exception as e:
             raise BackendError(f"model failed on a batch of {n} images: {type(e).__name__}: {_short(e, 200)}") from e
 
+    def embed_texts(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """int (B, L) token ids and mask -> float32 (B, D) in the image embedding's space, not
+        L2-normalised. Raises BackendError."""
+        check_tokens(input_ids, attention_mask, self.info.modalities)
+        if self._text_embedder is None or self._embedder is None:
+            raise BackendError("the model has been closed")
+        ids = torch.from_numpy(np.asarray(input_ids, dtype=np.int64)).to(self._device)
+        mask = torch.from_numpy(np.asarray(attention_mask, dtype=np.int64)).to(self._device)
+        try:
+            with torch.inference_mode():
+                y = self._text_embedder(ids, mask)
+            return y.to(device="cpu", dtype=torch.float32).numpy()
+        except Exception as e:
+            raise BackendError(f"model failed on a batch of {len(ids)} texts: {type(e).__name__}: {_short(e, 200)}") from e
+
     def warmup(self) -> None:
-        """Run zeros at batch 1 and at the largest batch (capped at 8 on CPU)."""
+        """Run zeros at batch 1 and at the largest batch (capped at 8 on CPU); texts too where there are any."""
         h, w = self.info.image_size
         largest = self._max_batch_size if self._device.type == "cuda" else min(self._max_batch_size, _CPU_WARMUP_CAP)
         for batch in sorted({1, max(1, largest)}):
             self.embed_images(np.zeros((batch, self._num_channels, h, w), dtype=np.uint8))
+            if "text" in self.info.modalities:
+                self.embed_texts(np.zeros((batch, 8), dtype=np.int64), np.ones((batch, 8), dtype=np.int64))
         if self._device.type == "cuda":
             torch.cuda.synchronize(self._device)
 
     def close(self) -> None:
         self._embedder = None  # type: ignore[assignment]
+        self._text_embedder = None
         if self._device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -189,6 +216,20 @@ def _load_dummy(config: BackendConfig, pooling_request: str | None) -> tuple[Any
     return model, pooling, None
 
 
+def image_size_of(hf_config: Any, override: tuple[int, int] | None) -> tuple[tuple[int, int], int]:
+    """((height, width), channels) of the pixels the model takes."""
+    return _image_size(hf_config, override), int(vision_config(hf_config).num_channels)
+
+
+def text_fields(hf_config: Any, text: bool) -> dict[str, Any]:
+    """ModelInfo's modalities and text fields (shared with the ONNX exporter)."""
+    if not text:
+        return {"modalities": ("image",)}
+    padding = "max_length" if family_spec(hf_config.model_type).text_pad_to_max_length else "longest"
+    return {"modalities": ("image", "text"), "text_max_length": int(hf_config.text_config.max_position_embeddings),
+            "text_padding": padding}
+
+
 def _model_class(hf_config: Any) -> type | None:
     from transformers import AutoModel
 
@@ -222,11 +263,12 @@ def load_torch_backend(config: BackendConfig) -> TorchBackend:
     try:
         model = model.to(device=device, dtype=dtype).eval()
         embedder = EmbeddingModel(model, pooling).eval()
+        text_embedder = TextEmbeddingModel(model).eval() if has_text(hf_config.model_type, pooling) else None
     except (PoolingError, RuntimeError) as e:
         raise BackendError(f"could not prepare model {config.model!r} on {device}: {_short(e)}") from e
 
-    image_size = _image_size(hf_config)
-    num_channels = int(hf_config.num_channels)
+    image_size = _image_size(hf_config, config.image_size)
+    num_channels = int(vision_config(hf_config).num_channels)
     # The embedding width is whatever the pooled output has: one dry run, no per-family arithmetic.
     probe = torch.zeros((1, num_channels, *image_size), device=device, dtype=dtype)
     try:
@@ -246,12 +288,14 @@ def load_torch_backend(config: BackendConfig) -> TorchBackend:
         pooling=pooling,
         embedding_dim=embedding_dim,
         image_size=image_size,
+        **text_fields(hf_config, text_embedder is not None),
         random_weights=config.load_format == "dummy",
     )
-    logger.info("loaded %s (%s, %s, %s, pooling=%s, dim=%d)", config.model, info.model_type, info.device, info.dtype, pooling, embedding_dim)
+    logger.info("loaded %s (%s, %s, %s, pooling=%s, dim=%d, %s)", config.model, info.model_type, info.device, info.dtype,
+                pooling, embedding_dim, "+".join(info.modalities))
     affine = tuple(torch.tensor(v, dtype=torch.float32, device=device).reshape(1, -1, 1, 1)
                    for v in (config.pixel_scale, config.pixel_offset))
-    return TorchBackend(embedder, info, device, dtype, num_channels, config.max_batch_size, affine)
+    return TorchBackend(embedder, info, device, dtype, num_channels, config.max_batch_size, affine, text_embedder)
 
 
 
@@ -277,13 +321,16 @@ def read_model_config(config: BackendConfig) -> tuple[Any, str, str | None]:
     return hf_config, _pick_pooling(hf_config, config.pooling), sha
 
 
-def load_cpu_embedder(config: BackendConfig) -> tuple[EmbeddingModel, Any, str]:
-    """The torch backend's `EmbeddingModel` (model + pooling) on the CPU in float32, in eval mode, for
-    tracing. Returns (embedder, transformers config, pooling). Raises BackendError."""
+def load_cpu_embedder(config: BackendConfig) -> tuple[EmbeddingModel, TextEmbeddingModel | None, Any, str]:
+    """The torch backend's `EmbeddingModel` (model + pooling) and, for dual encoders whose pooling shares the
+    text space, its `TextEmbeddingModel`, on the CPU in float32, in eval mode, for tracing. Returns
+    (embedder, text embedder or None, transformers config, pooling). Raises BackendError."""
     loader = _load_dummy if config.load_format == "dummy" else _load_auto
     model, pooling, _ = loader(config, config.pooling)
     try:
-        embedder = EmbeddingModel(model.to(dtype=torch.float32).eval(), pooling).eval()
+        model = model.to(dtype=torch.float32).eval()
+        embedder = EmbeddingModel(model, pooling).eval()
+        text_embedder = TextEmbeddingModel(model).eval() if has_text(model.config.model_type, pooling) else None
     except PoolingError as e:
         raise BackendError(str(e)) from None
-    return embedder, model.config, pooling
+    return embedder, text_embedder, model.config, pooling

@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--revision", default=None, help="Model revision on the hub.")
     export.add_argument("--load-format", default="auto", choices=("auto", "dummy"),
                         help="dummy: RANDOM weights built from the config (tests, benchmarks).")
-    export.add_argument("--pooling", default=None, help="mean, cls or pooler (default: the family's).")
+    export.add_argument("--pooling", default=None, help="mean, cls, pooler, projection (CLIP) or cls+mean (DINOv2); "
+                        "default: the family's.")
     export.add_argument("--optimize", default="O2", choices=("none", "O1", "O2", "O3"), help="Graph optimisation level.")
     export.add_argument("--quantize", default="none", choices=("none", "int8"), help="int8: dynamic int8 (CPU provider).")
     export.add_argument("--dtype", default="fp32", choices=("fp32", "fp16"), help="fp16: a float16 graph (CUDA provider).")
@@ -45,6 +46,7 @@ def export(args: argparse.Namespace) -> int:
 
     from backends import BackendConfig, BackendError
     from iei.models import ModelNotFound, resolve_model
+    from iei.preprocess.spec import load_spec
 
     if args.quantize == "int8" and args.dtype == "fp16":
         log.error("cannot export: --quantize int8 and --dtype fp16 exclude each other")
@@ -57,8 +59,10 @@ def export(args: argparse.Namespace) -> int:
         from backends.onnx_export import ExportOptions, export_model
 
         source = resolve_model(args.model, args.revision, args.load_format)
+        spec = load_spec(source.processor_source, source.revision)  # the pixel size the graph is traced at
         config = BackendConfig(model=args.model, revision=args.revision, load_format=source.load_format,
-                               config_dir=source.config_dir, pooling=args.pooling, device="cpu")
+                               config_dir=source.config_dir, pooling=args.pooling, device="cpu",
+                               image_size=(spec.output_height, spec.output_width))
         precision = "int8" if args.quantize == "int8" else args.dtype
         manifest = export_model(config, ExportOptions(opset=args.opset, optimize=args.optimize, precision=precision), out)
     except ImportError as e:

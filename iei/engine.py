@@ -2,7 +2,9 @@
 
 Flow per image: admission -> slot -> PreprocessPool (worker process) -> DynamicBatcher -> model
 runner (the backend in its model process) -> vector. Images of one request flow independently, so a large request
-spans batches and keeps every stage busy. Owner: the event loop (all async methods run there).
+spans batches and keeps every stage busy. Texts (CLIP, SigLIP) take the same path with token ids instead of a
+slot, through a second DynamicBatcher, so a model call never mixes texts and images.
+Owner: the event loop (all async methods run there).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from iei.models import ModelSource, resolve_model
 from iei.preprocess.image import pixel_affine
 from iei.preprocess.pool import PreprocessPool
 from iei.preprocess.spec import PreprocessSpec, load_spec
+from iei.preprocess.text import TextSpec, pad_tokens, text_spec_for
 from iei.url_inputs import UrlFetcher, looks_like_url
 
 log = logging.getLogger("iei.engine")
@@ -70,6 +73,7 @@ def backend_config(settings: Settings, source: ModelSource, spec: PreprocessSpec
         num_threads=settings.backend_threads, max_batch_size=settings.max_batch_size,
         pixel_scale=scale, pixel_offset=offset, onnx_optimize=settings.onnx_optimize, quantize=settings.quantize,
         onnx_cache_dir=settings.onnx_cache_path, allow_cpu_fallback=settings.allow_cpu_fallback,
+        image_size=(spec.output_height, spec.output_width),
     )
 
 
@@ -81,19 +85,17 @@ def with_input_limits(spec: PreprocessSpec, settings: Settings) -> PreprocessSpe
 
 
 class EmbeddingEngine:
-    def __init__(self, settings: Settings, model: ModelRunner, spec: PreprocessSpec) -> None:
+    def __init__(self, settings: Settings, model: ModelRunner, spec: PreprocessSpec,
+                 text_spec: TextSpec | None = None) -> None:
         self.settings = settings
         self.model = model
         self.spec = spec = with_input_limits(spec, settings)
+        self.text_spec = text_spec
         self.metrics = Metrics()
-        self.pool = PreprocessPool(spec, workers=settings.workers, slots=slots_for(settings))
-        self.batcher = DynamicBatcher(
-            model.run,
-            self.pool.release_slot,
-            max_batch_size=settings.max_batch_size,
-            max_batch_delay_s=settings.max_batch_delay_ms / 1000,
-            observer=self.metrics,
-        )
+        self.pool = PreprocessPool(spec, workers=settings.workers, slots=slots_for(settings), text_spec=text_spec)
+        self.batcher = self._new_batcher(model.run, self.pool.release_slot)
+        # Texts queue apart from images (a model call is one or the other); token ids hold no slot.
+        self.text_batcher = self._new_batcher(self._run_texts, _no_slot) if text_spec is not None else None
         self.fetcher = UrlFetcher(allowlist=settings.url_allowlist_networks, max_bytes=settings.url_max_bytes,
                                   timeout_s=settings.url_timeout_ms / 1000) if settings.allow_url_inputs else None
         self.inflight_images = 0  # admitted and not yet answered
@@ -101,6 +103,17 @@ class EmbeddingEngine:
         self.draining = False  # shutting down: admit nothing new, finish what is admitted
         self._probe: asyncio.Future | None = None
         self.metrics.watch(queue_size=lambda: self.batcher.queue_size, inflight=lambda: self.inflight_images)
+
+    def _new_batcher(self, run_batch, release_slot) -> DynamicBatcher:
+        return DynamicBatcher(run_batch, release_slot, max_batch_size=self.settings.max_batch_size,
+                              max_batch_delay_s=self.settings.max_batch_delay_ms / 1000, observer=self.metrics)
+
+    def _run_texts(self, token_ids: list[np.ndarray]) -> asyncio.Future:
+        return self.model.run_texts(*pad_tokens(token_ids, self.text_spec.pad_id))  # type: ignore[union-attr]
+
+    @property
+    def _batchers(self) -> list[DynamicBatcher]:
+        return [self.batcher] if self.text_batcher is None else [self.batcher, self.text_batcher]
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -114,12 +127,18 @@ class EmbeddingEngine:
                          max_image_pixels=settings.max_image_pixels)
         model = ModelProcess(settings.backend, backend_config(settings, source, spec), settings.log_format,
                              settings.log_level, batch_timeout_s=settings.batch_timeout_ms / 1000)
-        return cls(settings, model, spec)
+        try:
+            text_spec = text_spec_for(source, model.info)
+        except ValueError:
+            asyncio.run(model.close())
+            raise
+        return cls(settings, model, spec, text_spec)
 
     async def start(self) -> None:
         await self.pool.start()
         await self.model.start(self.pool)
-        self.batcher.start()
+        for batcher in self._batchers:
+            batcher.start()
         self.ready = True
 
     def begin_shutdown(self) -> None:
@@ -129,7 +148,8 @@ class EmbeddingEngine:
 
     async def stop(self) -> None:
         self.ready = False
-        await self.batcher.close()
+        for batcher in self._batchers:
+            await batcher.close()
         await self.model.close()
         await self.pool.close()
         if self.fetcher is not None:
@@ -151,6 +171,8 @@ class EmbeddingEngine:
         self.pool.pixels[slot] = 0.0
         try:
             await self.batcher.submit(slot)
+            if self.text_batcher is not None and not self.text_batcher.backend_ok:
+                await self.text_batcher.submit(np.zeros(2, dtype=np.int32))
         except IEIError:
             pass  # still failing: health stays 503
 
@@ -160,11 +182,11 @@ class EmbeddingEngine:
             return "the server is shutting down"
         if not self.ready:
             return "the model is not loaded yet"
-        if not self.batcher.alive:
+        if not all(b.alive for b in self._batchers):
             return "the batcher stopped"
         if not self.model.alive:
             return "the model process is restarting"
-        if not self.batcher.backend_ok:
+        if not all(b.backend_ok for b in self._batchers):
             return _LAST_BATCH_FAILED
         if not self.pool.worker_pids:
             return "no preprocessing worker is running"
@@ -178,7 +200,7 @@ class EmbeddingEngine:
             raise EmptyInput(f"`{field}` cannot be empty")
         limit = self.settings.max_client_batch_size
         if count > limit:
-            raise ValidationFailed(f"`{field}` has {count} images; the limit is {limit} (max_client_batch_size)")
+            raise ValidationFailed(f"`{field}` has {count} inputs; the limit is {limit} (max_client_batch_size)")
         dim = self.model.info.embedding_dim
         if dimensions is not None and not 1 <= dimensions <= dim:
             raise ValidationFailed(f"`dimensions` must be between 1 and {dim}, got {dimensions}")
@@ -186,23 +208,39 @@ class EmbeddingEngine:
     async def embed(self, images: Sequence[ImagePayload], *, normalize: bool = True,
                     dimensions: int | None = None, field: str = "inputs") -> EmbedResult:
         """Embed images in input order. Raises the errors of `iei.errors`."""
-        self.check_request(len(images), dimensions, field)
-        self._admit(len(images))
+        return await self._embed_all(images, self._embed_one, normalize, dimensions, field,
+                                     self.metrics.images_embedded)
+
+    async def embed_texts(self, texts: Sequence[str], *, normalize: bool = True,
+                          dimensions: int | None = None, field: str = "inputs") -> EmbedResult:
+        """Embed texts in input order, into the image embeddings' space (CLIP, SigLIP). Raises
+        ValidationFailed for an image-only model, and the errors of `iei.errors`."""
+        if self.text_batcher is None:
+            raise ValidationFailed(
+                f"model {self.settings.model!r} embeds images only (pooling {self.model.info.pooling!r}): text needs a "
+                "CLIP or SigLIP model with its default pooling")
+        return await self._embed_all(texts, self._embed_text, normalize, dimensions, field,
+                                     self.metrics.texts_embedded)
+
+    async def _embed_all(self, items: Sequence, embed_one, normalize: bool, dimensions: int | None,
+                         field: str, counter) -> EmbedResult:
+        self.check_request(len(items), dimensions, field)
+        self._admit(len(items))
         try:
             start = time.perf_counter()
-            if len(images) == 1:
-                results = [await self._embed_one(images[0], 0, field, start)]
+            if len(items) == 1:
+                results = [await embed_one(items[0], 0, field, start)]
             else:
-                results = await _all_or_nothing([self._embed_one(img, i, field, start) for i, img in enumerate(images)])
+                results = await _all_or_nothing([embed_one(item, i, field, start) for i, item in enumerate(items)])
         finally:
-            self.inflight_images -= len(images)
+            self.inflight_images -= len(items)
         vectors = _finish(np.stack([r[0].vector for r in results]), normalize, dimensions)
         timings = Timings(
             max(r[1] for r in results),
             max(r[0].queue_s for r in results),
             max(r[0].inference_s for r in results),
         )
-        self.metrics.images_embedded.inc(len(images))
+        counter.inc(len(items))
         return EmbedResult(vectors, timings)
 
     def _admit(self, count: int) -> None:
@@ -226,6 +264,14 @@ class EmbeddingEngine:
         future = self.batcher.submit(slot)
         return await future, preprocess_s
 
+    async def _embed_text(self, text: str, index: int, field: str, start: float) -> tuple[Embedded, float]:
+        try:
+            token_ids = await self.pool.tokenize(text)
+        except InputError as e:
+            raise e.at(index, field) from None
+        preprocess_s = time.perf_counter() - start
+        return await self.text_batcher.submit(token_ids), preprocess_s  # type: ignore[union-attr]
+
 
     async def _fetched(self, image: ImagePayload) -> tuple[bytes | str, Encoding]:
         """The image itself: a URL input is fetched (before a slot is taken: a slow server must not hold one)."""
@@ -243,6 +289,10 @@ def _finish(vectors: np.ndarray, normalize: bool, dimensions: int | None) -> np.
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         vectors = vectors / np.maximum(norms, 1e-12)
     return vectors
+
+
+def _no_slot(token_ids: np.ndarray) -> None:
+    """Texts hold no slab slot: nothing to release."""
 
 
 async def _all_or_nothing(coroutines: list) -> list:

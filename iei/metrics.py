@@ -29,6 +29,7 @@ class Metrics:
                                     registry=r)
         self.batch_failures = Counter("iei_batch_failures", "Batches the model failed on.", registry=r)
         self.images_embedded = Counter("iei_images_embedded", "Images embedded successfully.", registry=r)
+        self.texts_embedded = Counter("iei_texts_embedded", "Texts embedded successfully (CLIP, SigLIP).", registry=r)
         self.queue_size = Gauge("iei_queue_size", "Images waiting for a batch.", registry=r)
         self.inflight = Gauge("iei_inflight_images", "Images admitted and not yet answered.", registry=r)
 

@@ -7,7 +7,9 @@ server process's hot path. Pixels arrive through the shared-memory slab; only sl
 the (B, D) float32 vectors cross the pipe.
 
 Frames (msgpack arrays), child -> parent first: ["ready", ModelInfo] or ["error", message].
-Then parent -> child: ["attach", slab_name, slab_shape], [batch_id, slots];
+Then parent -> child: ["attach", slab_name, slab_shape], [batch_id, slots] (images), or
+["text", batch_id, input_ids int32 bytes, attention_mask uint8 bytes, rows, length] (texts: token ids
+are a few hundred bytes per text, so they ride in the frame rather than a slab);
 child -> parent: [batch_id, True, vectors_bytes, rows, dim, started_at, duration_s]
 or [batch_id, False, message, 0, 0, started_at, duration_s].
 """
@@ -45,16 +47,23 @@ def _load(conn: Connection, backend_name: str, config: BackendConfig):
     return backend
 
 
-def _run_batch(backend, slab: np.ndarray, batch_id: int, slots: list[int]) -> list:
+def _run_texts(backend, message: list) -> list:
+    _, batch_id, ids, mask, rows, length = message
+    input_ids = np.frombuffer(ids, dtype=np.int32).reshape(rows, length)
+    attention_mask = np.frombuffer(mask, dtype=np.uint8).reshape(rows, length)
+    return _run_batch(batch_id, rows, backend.embed_texts, input_ids, attention_mask)
+
+
+def _run_batch(batch_id: int, rows: int, embed, *arrays: np.ndarray) -> list:
     started = time.monotonic()
     try:
-        vectors = np.ascontiguousarray(backend.embed_images(slab[slots]), dtype=np.float32)
+        vectors = np.ascontiguousarray(embed(*arrays), dtype=np.float32)
         return [batch_id, True, vectors.tobytes(), vectors.shape[0], vectors.shape[1], started,
                 time.monotonic() - started]
     except BackendError as e:
         message = str(e)
     except Exception:  # keep serving; the client sees a generic message, the log has the detail
-        log.exception("the model raised on a batch of %d", len(slots))
+        log.exception("the model raised on a batch of %d", rows)
         message = "the model failed on this batch"
     return [batch_id, False, message, 0, 0, started, time.monotonic() - started]
 
@@ -78,7 +87,11 @@ def host_main(conn: Connection, backend_name: str, config_bytes: bytes, log_form
             if message[0] == "attach":
                 shm, slab = attach_slab(message[1], tuple(message[2]))
                 continue
-            conn.send_bytes(encode(_run_batch(backend, slab, message[0], message[1])))
+            if message[0] == "text":
+                conn.send_bytes(encode(_run_texts(backend, message)))
+                continue
+            batch_id, slots = message
+            conn.send_bytes(encode(_run_batch(batch_id, len(slots), backend.embed_images, slab[slots])))
     finally:
         frames.close()
         backend.close()

@@ -1,8 +1,9 @@
 """Where batches run: `ModelProcess` (the backend in its own process, the default) or `ThreadRunner`
 (a backend object on one thread of this process, for embedding IEI as a library and for tests).
 
-Both present one small interface to the batcher: `run(slots)` returns an asyncio future of a
-`BatchResult`. Owner: the event loop."""
+Both present one small interface to the batchers: `run(slots)` (images, by slab slot) and
+`run_texts(input_ids, attention_mask)` (padded token ids, which travel in the frame) return an asyncio
+future of a `BatchResult`. Owner: the event loop."""
 
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ class ModelRunner(Protocol):
 
     def run(self, slots: list[int]) -> asyncio.Future: ...
 
+    def run_texts(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> asyncio.Future: ...
+
     async def close(self) -> None: ...
 
 
@@ -71,10 +74,17 @@ class ThreadRunner:
     def run(self, slots: list[int]) -> asyncio.Future:
         return asyncio.get_running_loop().run_in_executor(self._thread, self._run, slots)
 
+    def run_texts(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> asyncio.Future:
+        return asyncio.get_running_loop().run_in_executor(
+            self._thread, self._timed, self.backend.embed_texts, input_ids, attention_mask)
+
     def _run(self, slots: list[int]) -> BatchResult:
+        return self._timed(self.backend.embed_images, self._pixels[slots])
+
+    def _timed(self, embed, *arrays: np.ndarray) -> BatchResult:
         started = time.monotonic()
         try:
-            vectors = self.backend.embed_images(self._pixels[slots])
+            vectors = embed(*arrays)
         except BackendError as e:
             raise BackendFailed(str(e)) from None
         return BatchResult(vectors, started, time.monotonic() - started)
@@ -147,6 +157,15 @@ class ModelProcess:
             self._watchdog = asyncio.get_running_loop().create_task(self._watch_for_a_hung_model())
 
     def run(self, slots: list[int]) -> asyncio.Future:
+        return self._send(lambda batch_id: [batch_id, slots])
+
+    def run_texts(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> asyncio.Future:
+        """int32 ids and uint8 mask, both (B, L)."""
+        rows, length = input_ids.shape
+        return self._send(lambda batch_id: ["text", batch_id, input_ids.astype(np.int32).tobytes(),
+                                            attention_mask.astype(np.uint8).tobytes(), rows, length])
+
+    def _send(self, message) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
         if not self.alive:
             future.set_exception(BackendFailed("the model process is restarting; retry shortly"))
@@ -155,7 +174,7 @@ class ModelProcess:
         if not self._inflight:
             self._head_since = time.monotonic()
         self._inflight[batch_id] = future
-        send_frame(self._transport, msgspec.msgpack.encode([batch_id, slots]))  # type: ignore[arg-type]
+        send_frame(self._transport, msgspec.msgpack.encode(message(batch_id)))  # type: ignore[arg-type]
         return future
 
     def _on_frame(self, frame: bytes) -> None:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install IEI with the PyTorch and ONNX Runtime backends, the test and benchmark tools.
+# Create .venv and install IEI with the PyTorch and ONNX Runtime backends (sentencepiece for SigLIP text comes
+# with the torch extra), the test and benchmark tools.
 # torch is pinned to the CPU wheel this machine carries (an unpinned torch may pull a multi-GB CUDA build);
 # set TORCH_SPEC to choose another build, e.g. TORCH_SPEC="torch==2.13.0" with a CUDA index configured.
 # IEI_PILLOW_SIMD=1 replaces Pillow with pillow-simd (built from source: needs a C compiler and the libjpeg,

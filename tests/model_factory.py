@@ -1,5 +1,6 @@
-"""Tiny random-weight models of each family the original server listed, saved as a real
-`from_pretrained` folder (config.json, model.safetensors, preprocessor_config.json).
+"""Tiny random-weight models of each family the original server listed, and of the retrieval families
+(CLIP, SigLIP, DINOv2), saved as a real `from_pretrained` folder (config.json, model.safetensors,
+preprocessor_config.json; CLIP and SigLIP also a tokenizer, built offline).
 
 The preprocessing settings are copied from the bundled catalog entry of the family's reference
 model, so a tiny model is preprocessed exactly like the full-size one. Weights are seeded: the same
@@ -12,9 +13,13 @@ import shutil
 from pathlib import Path
 
 import torch
-from transformers import BeitConfig, BeitModel, ConvNextConfig, ConvNextModel, SwinConfig, SwinModel, ViTConfig, ViTModel
+from transformers import (
+    BeitConfig, BeitModel, CLIPConfig, CLIPModel, ConvNextConfig, ConvNextModel, Dinov2Config, Dinov2Model, SiglipConfig,
+    SiglipModel, SwinConfig, SwinModel, ViTConfig, ViTModel,
+)
 
 from iei.models import catalog_dir
+from iei.preprocess.random_tokenizer import save_random_tokenizer
 
 # family -> the catalog model whose preprocessing (and architecture) it mimics
 REFERENCE_MODEL = {
@@ -25,11 +30,20 @@ REFERENCE_MODEL = {
     "convnext": "facebook/convnext-tiny-224",
 }
 FAMILIES = tuple(REFERENCE_MODEL)
+RETRIEVAL_REFERENCE_MODEL = {
+    "clip": "openai/clip-vit-base-patch32",
+    "siglip": "google/siglip-base-patch16-224",
+    "dinov2": "facebook/dinov2-small",
+}
+RETRIEVAL_FAMILIES = tuple(RETRIEVAL_REFERENCE_MODEL)
+TEXT_FAMILIES = ("clip", "siglip")
+TEXT_MAX_LENGTH = {"clip": 77, "siglip": 64}
 
 # embedding width of each tiny family (mean pooling)
 TINY_EMBEDDING_DIM = {"vit": 32, "deit": 32, "beit": 32, "swin": 32, "convnext": 32}
 
 _TRANSFORMER = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "image_size": 224, "patch_size": 32}
+_TEXT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 
 
 def _build(family: str) -> torch.nn.Module:
@@ -47,16 +61,28 @@ def _build(family: str) -> torch.nn.Module:
     if family == "convnext":
         config = ConvNextConfig(image_size=224, patch_size=4, num_stages=2, hidden_sizes=[16, 32], depths=[1, 1])
         return ConvNextModel(config)
-    raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
+    if family == "clip":  # openai's legacy text ids (eos 2: the end of a text is found by argmax)
+        text = {**_TEXT, "vocab_size": 520, "max_position_embeddings": 77, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1}
+        return CLIPModel(CLIPConfig(text_config=text, vision_config=_TRANSFORMER, projection_dim=16))
+    if family == "siglip":
+        text = {**_TEXT, "vocab_size": 256, "max_position_embeddings": 64}
+        return SiglipModel(SiglipConfig(text_config=text, vision_config=_TRANSFORMER))
+    if family == "dinov2":  # the pretraining size, 518, as on the hub; the processor crops 224
+        return Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
+                                        image_size=518, patch_size=14, layerscale_value=0.5))
+    raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES + RETRIEVAL_FAMILIES}")
 
 
 def make_tiny_model(family: str, root: Path) -> Path:
-    """Build the tiny `family` model ("vit", "deit", "beit", "swin", "convnext") into
+    """Build the tiny `family` model (FAMILIES or RETRIEVAL_FAMILIES) into
     `root/<family>` and return that folder (ready for `from_pretrained` and AutoImageProcessor)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1234)
         model = _build(family).eval()
     folder = Path(root) / family
     model.save_pretrained(folder)
-    shutil.copyfile(catalog_dir(REFERENCE_MODEL[family]) / "preprocessor_config.json", folder / "preprocessor_config.json")
+    reference = {**REFERENCE_MODEL, **RETRIEVAL_REFERENCE_MODEL}[family]
+    shutil.copyfile(catalog_dir(reference) / "preprocessor_config.json", folder / "preprocessor_config.json")
+    if family in TEXT_FAMILIES:
+        save_random_tokenizer(family, TEXT_MAX_LENGTH[family], folder)
     return folder

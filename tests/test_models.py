@@ -23,6 +23,14 @@ ORIGINAL_MODELS = [
     "microsoft/swin-base-patch4-window7-224",
     "nateraw/vit-base-beans",
 ]
+RETRIEVAL_MODELS = [
+    "openai/clip-vit-base-patch32",
+    "openai/clip-vit-base-patch16",
+    "openai/clip-vit-large-patch14",
+    "google/siglip-base-patch16-224",
+    "facebook/dinov2-small",
+    "facebook/dinov2-base",
+]
 
 
 def _write_model_files(folder: Path, model_id: str = "google/vit-base-patch16-224") -> Path:
@@ -32,8 +40,8 @@ def _write_model_files(folder: Path, model_id: str = "google/vit-base-patch16-22
     return folder
 
 
-def test_catalog_holds_the_original_servers_models():
-    assert catalog_ids() == sorted(ORIGINAL_MODELS)
+def test_catalog_holds_the_original_servers_models_and_the_retrieval_models():
+    assert catalog_ids() == sorted(ORIGINAL_MODELS + RETRIEVAL_MODELS)
 
 
 def test_dummy_resolves_a_catalog_id():
@@ -149,3 +157,41 @@ def test_catalog_entry_loads_offline_with_hub_settings(model_id):
     for key, value in processor_facts.items():
         assert getattr(processor, key) == value, key
     assert json.loads((folder / "config.json").read_text())["image_size"] == 224
+
+
+_CLIP_PROCESSOR = {"resample": 3, "size": {"shortest_edge": 224}, "crop_size": {"height": 224, "width": 224},
+                   "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}
+_DINOV2_PROCESSOR = {"resample": 3, "size": {"shortest_edge": 256}, "crop_size": {"height": 224, "width": 224},
+                     "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+# Hub facts of the retrieval models: (config fields, vision config fields, processor fields).
+RETRIEVAL_FACTS = {
+    "openai/clip-vit-base-patch32": ({"model_type": "clip", "projection_dim": 512}, {"patch_size": 32, "hidden_size": 768},
+                                     _CLIP_PROCESSOR),
+    "openai/clip-vit-base-patch16": ({"model_type": "clip", "projection_dim": 512}, {"patch_size": 16, "hidden_size": 768},
+                                     _CLIP_PROCESSOR),
+    "openai/clip-vit-large-patch14": ({"model_type": "clip", "projection_dim": 768},
+                                      {"patch_size": 14, "hidden_size": 1024, "num_hidden_layers": 24}, _CLIP_PROCESSOR),
+    "google/siglip-base-patch16-224": ({"model_type": "siglip"}, {"patch_size": 16, "hidden_size": 768, "image_size": 224},
+                                       {"resample": 3, "size": {"height": 224, "width": 224}, "image_mean": [0.5] * 3}),
+    "facebook/dinov2-small": ({"model_type": "dinov2", "hidden_size": 384, "num_attention_heads": 6, "image_size": 518},
+                              {"patch_size": 14}, _DINOV2_PROCESSOR),
+    "facebook/dinov2-base": ({"model_type": "dinov2", "hidden_size": 768, "image_size": 518}, {"patch_size": 14},
+                             _DINOV2_PROCESSOR),
+}
+
+
+@pytest.mark.parametrize("model_id", RETRIEVAL_MODELS)
+def test_retrieval_catalog_entry_loads_offline_with_hub_settings(model_id):
+    folder = CATALOG_DIR / model_id.replace("/", "--")
+    config = AutoConfig.from_pretrained(folder)
+    processor = AutoImageProcessor.from_pretrained(folder, use_fast=False)
+    config_facts, vision_facts, processor_facts = RETRIEVAL_FACTS[model_id]
+    vision = getattr(config, "vision_config", config)
+    for key, value in config_facts.items():
+        assert getattr(config, key) == value, key
+    for key, value in vision_facts.items():
+        assert getattr(vision, key) == value, key
+    for key, value in processor_facts.items():
+        assert getattr(processor, key) == value, key
+    if config.model_type == "clip":  # openai's legacy ids: the end of a text is found by argmax
+        assert (config.text_config.eos_token_id, config.text_config.max_position_embeddings) == (2, 77)

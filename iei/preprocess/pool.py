@@ -4,6 +4,8 @@ Owner: the event loop. Every method runs on the loop thread; nothing here blocks
 go to a worker over its socket pair; the worker writes the uint8 pixels into a slot of the slab
 and replies with a few bytes. The loop only moves payloads and slot numbers.
 
+Texts (dual encoders) take no slot: `tokenize(text)` returns the worker's token ids.
+
 Slot lifecycle: `acquire_slot()` -> `prepare(payload, slot)`; on success the caller owns the
 filled slot (and hands it to the batcher, which releases it after inference); on any failure,
 cancellation included, the pool releases the slot as soon as no worker can still write to it.
@@ -25,7 +27,10 @@ import numpy as np
 from iei.errors import InputError, PreprocessWorkerDied
 from iei.ipc import connect, send_frames
 from iei.preprocess.spec import PreprocessSpec
-from iei.preprocess.worker import ENCODINGS, STATUS_OK, Reply, Task, decode_timeout_message, worker_main
+from iei.preprocess.text import TextSpec
+from iei.preprocess.worker import (
+    ENCODINGS, NO_SLOT, STATUS_OK, Reply, Task, decode_timeout_message, worker_main,
+)
 
 log = logging.getLogger("iei.preprocess")
 
@@ -55,7 +60,7 @@ class _Worker:
         parent_conn, child_conn = ctx.Pipe(duplex=True)
         self.process = ctx.Process(
             target=worker_main,
-            args=(child_conn, self.pool.slab_name, self.pool.pixels.shape, self.pool.spec_bytes),
+            args=(child_conn, self.pool.slab_name, self.pool.pixels.shape, self.pool.spec_bytes, self.pool.text_spec_bytes),
             name=f"iei-preprocess-{self.index}",
             daemon=True,
         )
@@ -86,7 +91,7 @@ class _Worker:
         future, task = self.inflight.pop(reply.task_id)
         self.head_since = time.monotonic()
         if reply.status == STATUS_OK and not future.done():
-            future.set_result(None)
+            future.set_result(reply.tokens)
             return
         self.pool.release_slot(task.slot)  # failed or abandoned: the worker is done with the slot
         if future.done():
@@ -127,9 +132,10 @@ class _Worker:
 class PreprocessPool:
     """Decode and resize images in `workers` processes into `slots` shared-memory tensors."""
 
-    def __init__(self, spec: PreprocessSpec, *, workers: int, slots: int) -> None:
+    def __init__(self, spec: PreprocessSpec, *, workers: int, slots: int, text_spec: TextSpec | None = None) -> None:
         self.spec = spec
         self.spec_bytes = msgspec.msgpack.encode(spec)
+        self.text_spec_bytes = msgspec.msgpack.encode(text_spec) if text_spec is not None else None
         self.encode = msgspec.msgpack.Encoder().encode
         self.decode_reply = msgspec.msgpack.Decoder(Reply).decode
         shape = (slots, 3, spec.output_height, spec.output_width)
@@ -179,6 +185,8 @@ class PreprocessPool:
             raise
 
     def release_slot(self, slot: int) -> None:
+        if slot == NO_SLOT:  # a text task
+            return
         while self._slot_waiters:
             waiter = self._slot_waiters.popleft()
             if not waiter.done():
@@ -201,6 +209,13 @@ class PreprocessPool:
             future.set_exception(PreprocessWorkerDied("no preprocessing worker is available; retry"))
             return
         worker.send(task, future)
+
+    async def tokenize(self, text: str) -> np.ndarray:
+        """The text's int32 (L,) token ids (the pool must have a text spec). Raises InputError or
+        PreprocessWorkerDied."""
+        future = asyncio.get_running_loop().create_future()
+        self.dispatch(Task(next(self._task_ids), NO_SLOT, ENCODINGS.index("text"), text), future)
+        return np.frombuffer(await future, dtype=np.int32)
 
     def _pick_worker(self) -> _Worker | None:
         best = None

@@ -1,8 +1,10 @@
-"""The preprocessing worker process: a blocking loop that turns image payloads into pixel tensors.
+"""The preprocessing worker process: a blocking loop that turns image payloads into pixel tensors
+and texts into token ids.
 
 It receives `(task_id, slot, encoding, payload)` frames on its end of a socket pair, writes the
 uint8 (3, H, W) pixels into `slot` of the shared-memory slab, and answers `(task_id, status, message)`.
-Only the small reply crosses the process boundary; the pixels stay in shared memory.
+Only the small reply crosses the process boundary; the pixels stay in shared memory. A text task
+(encoding "text", no slot) answers with its int32 token ids in the reply instead.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from iei.errors import InputError
 from iei.ipc import FrameReader
 from iei.preprocess.image import decode_payload, prepare_pixels
 from iei.preprocess.spec import PreprocessSpec
+from iei.preprocess.text import TextSpec, Tokenizer
 
-ENCODINGS = ("base64", "raw")
+ENCODINGS = ("base64", "raw", "text")
+NO_SLOT = -1  # text tasks write nothing into the slab
 STATUS_OK, STATUS_INPUT_ERROR, STATUS_INTERNAL_ERROR = 0, 1, 2
 
 log = logging.getLogger("iei.preprocess.worker")
@@ -39,6 +43,7 @@ class Reply(msgspec.Struct, array_like=True):
     task_id: int
     status: int
     message: str = ""
+    tokens: bytes = b""  # text tasks: int32 token ids
 
 
 def attach_slab(name: str, shape: tuple[int, ...]) -> tuple[SharedMemory, np.ndarray]:
@@ -85,8 +90,12 @@ def _time_limit(seconds: float) -> Iterator[None]:
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
-def run_task(task: Task, spec: PreprocessSpec, slab: np.ndarray) -> Reply:
+def run_task(task: Task, spec: PreprocessSpec, slab: np.ndarray, tokenize: Tokenizer | None = None) -> Reply:
     try:
+        if ENCODINGS[task.encoding] == "text":
+            if tokenize is None:
+                raise InputError("this model takes no text")
+            return Reply(task.task_id, STATUS_OK, tokens=tokenize(task.payload).tobytes())
         with _time_limit(spec.decode_timeout_s):
             data = decode_payload(_as_bytes(task.payload), ENCODINGS[task.encoding])
             prepare_pixels(data, spec, out=slab[task.slot])
@@ -100,12 +109,16 @@ def run_task(task: Task, spec: PreprocessSpec, slab: np.ndarray) -> Reply:
         return Reply(task.task_id, STATUS_INTERNAL_ERROR, "the image could not be processed")
 
 
-def worker_main(conn: Connection, slab_name: str, slab_shape: tuple[int, ...], spec_bytes: bytes) -> None:
+def worker_main(conn: Connection, slab_name: str, slab_shape: tuple[int, ...], spec_bytes: bytes,
+                text_spec_bytes: bytes | None = None) -> None:
     """Entry point of a worker process (spawned: no state is inherited from the server)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when workers stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # (a terminal's or systemd's signal reaches the whole group)
     signal.signal(signal.SIGALRM, _raise_timed_out)
     spec = msgspec.msgpack.decode(spec_bytes, type=PreprocessSpec)
+    tokenize = Tokenizer(msgspec.msgpack.decode(text_spec_bytes, type=TextSpec)) if text_spec_bytes else None
+    if tokenize is not None:
+        tokenize.load()
     shm, slab = attach_slab(slab_name, slab_shape)
     decode_task = msgspec.msgpack.Decoder(Task).decode
     encode = msgspec.msgpack.Encoder().encode
@@ -113,7 +126,7 @@ def worker_main(conn: Connection, slab_name: str, slab_shape: tuple[int, ...], s
     frames = FrameReader(conn)
     try:
         for frame in frames:  # ends when the server closes our pipe
-            conn.send_bytes(encode(run_task(decode_task(frame), spec, slab)))
+            conn.send_bytes(encode(run_task(decode_task(frame), spec, slab, tokenize)))
     finally:
         frames.close()
         del slab

@@ -26,6 +26,7 @@ class EmbedInputs(NamedTuple):
     normalize: bool
     dimensions: int | None
     encoding_format: str = "float"  # /v1/embeddings: "float" or "base64"
+    texts: list[str] | None = None  # `"modality": "text"`: the texts (and no images)
 
 
 def media_type(request: Request) -> str:
@@ -53,6 +54,8 @@ async def read_embed_inputs(request: Request) -> EmbedInputs:
     media = media_type(request)
     if is_json(media):
         req = decode_json(await request.body(), EmbedRequest)
+        if req.modality == "text":
+            return EmbedInputs([], req.normalize, req.dimensions, texts=as_list(req.inputs))
         return EmbedInputs([ImagePayload(s, "base64") for s in as_list(req.inputs)], req.normalize, req.dimensions)
     if media == "multipart/form-data":
         return await _read_multipart(request)
@@ -70,6 +73,8 @@ async def read_openai_inputs(request: Request) -> EmbedInputs:
     if not is_json(media):
         raise UnsupportedMediaType(f"unsupported Content-Type {media!r}: send application/json")
     req = decode_json(await request.body(), OpenAIEmbeddingRequest)
+    if req.modality == "text":
+        return EmbedInputs([], True, req.dimensions, req.encoding_format, texts=as_list(req.input))
     images = [ImagePayload(s, "base64") for s in as_list(req.input)]
     return EmbedInputs(images, True, req.dimensions, req.encoding_format)
 

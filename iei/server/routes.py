@@ -170,8 +170,7 @@ async def _serve(state: AppState, request: Request, route: str, read: Reader, re
         timeout_s = _deadline_s(request, state.settings.request_timeout_ms)
         deadline = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
         inputs = await read(request)
-        result = await _before(deadline, _unless_disconnected(request, engine.embed(
-            inputs.images, normalize=inputs.normalize, dimensions=inputs.dimensions, field=field)))
+        result = await _before(deadline, _unless_disconnected(request, _embed(engine, inputs, field)))
         status, body, headers, outcome = 200, render(result, inputs), {}, "success"
     except ClientGone:
         status, body, headers, outcome = 499, b"", {}, "ClientGone"
@@ -183,6 +182,13 @@ async def _serve(state: AppState, request: Request, route: str, read: Reader, re
     headers["x-request-id"] = request_id
     _record(state, route, request_id, outcome, status, total_s, result)
     return Response(content=body, status_code=status, media_type=JSON, headers=headers)
+
+
+def _embed(engine: EmbeddingEngine, inputs: EmbedInputs, field: str) -> Awaitable[EmbedResult]:
+    """A request holds images or texts, never both."""
+    if inputs.texts is not None:
+        return engine.embed_texts(inputs.texts, normalize=inputs.normalize, dimensions=inputs.dimensions, field=field)
+    return engine.embed(inputs.images, normalize=inputs.normalize, dimensions=inputs.dimensions, field=field)
 
 
 def _record(state: AppState, route: str, request_id: str, outcome: str, status: int, total_s: float,
@@ -220,7 +226,8 @@ def build_route_handlers(state: AppState) -> list[HTTPRouteHandler]:
     settings = state.settings
 
     @post(["/embed", "/", "/invocations"], status_code=200, summary="Embed images",
-          description="Body: JSON `{\"inputs\": [base64, ...], \"normalize\": true, \"dimensions\": null}`, "
+          description="Body: JSON `{\"inputs\": [base64, ...], \"normalize\": true, \"dimensions\": null}` "
+                      "(`\"modality\": \"text\"` with plain strings for CLIP/SigLIP text embeddings), "
                       "multipart/form-data file parts, or one raw image (image/*, application/octet-stream). "
                       "Returns `[[float, ...], ...]`, one vector per image in input order.",
           operation_class=EmbedOperation, responses=EMBED_RESPONSES)
@@ -251,6 +258,8 @@ def build_route_handlers(state: AppState) -> list[HTTPRouteHandler]:
             model_type=ModelType(Pooling(model.pooling)), served_model_name=settings.model_name,
             backend=model.backend, provider=model.provider, model_precision=model.precision,
             model_file=model.model_file, device=model.device, embedding_dim=model.embedding_dim,
+            modalities=list(model.modalities),
+            max_input_tokens=engine.text_spec.max_length if engine.text_spec is not None else None,
             image_size=ImageSize(engine.spec.output_height, engine.spec.output_width),
             max_concurrent_requests=settings.max_concurrent_requests, max_batch_size=settings.max_batch_size,
             max_batch_delay_ms=settings.max_batch_delay_ms, max_client_batch_size=settings.max_client_batch_size,

@@ -7,12 +7,16 @@ from typing import Literal
 import msgspec
 
 
+Modality = Literal["image", "text"]
+
+
 class EmbedRequest(msgspec.Struct):
     """POST /embed (also / and /invocations). Unknown fields are ignored, as TEI does."""
 
     inputs: str | list[str]
     normalize: bool = True
     dimensions: int | None = None
+    modality: Modality = "image"  # "text": `inputs` are plain strings (CLIP, SigLIP)
 
 
 class OpenAIEmbeddingRequest(msgspec.Struct):
@@ -23,6 +27,7 @@ class OpenAIEmbeddingRequest(msgspec.Struct):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
     user: str | None = None
+    modality: Modality = "image"
 
 
 class OpenAIEmbedding(msgspec.Struct):
@@ -86,7 +91,9 @@ class Info(msgspec.Struct):
     model_precision: str | None  # fp32 | fp16 | int8 for ONNX Runtime backends
     model_file: str | None  # the ONNX file in use, None for torch
     device: str
-    embedding_dim: int
+    embedding_dim: int  # after projection and pooling: the length of every vector
+    modalities: list[str]  # ["image"], or ["image", "text"] for CLIP/SigLIP
+    max_input_tokens: int | None  # texts are truncated to this many tokens (None: no text)
     image_size: ImageSize
     max_concurrent_requests: int
     max_batch_size: int

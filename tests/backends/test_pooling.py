@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModel, Dinov2Config, Dinov2Model, ResNetConfig, ResNetModel
+from transformers import AutoModel, Dinov2Model, ResNetConfig, ResNetModel, ViTMSNConfig, ViTMSNModel
 
 from backends.pooling import FAMILIES, EmbeddingModel, PoolingError, model_kwargs, resolve_pooling
 from tests.model_factory import FAMILIES as TINY_FAMILIES
@@ -99,11 +99,11 @@ def test_wrapper_refuses_a_pooling_the_family_lacks(tiny_dir):
 
 
 def test_unknown_transformer_family_mean_pools_tokens(pixels):
-    model = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+    model = ViTMSNModel(ViTMSNConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                                      image_size=224, patch_size=32)).eval()
-    assert resolve_pooling("dinov2", None, Dinov2Model) == "mean"
+    assert resolve_pooling("vit_msn", None, ViTMSNModel) == "mean"
     with pytest.raises(PoolingError):
-        resolve_pooling("dinov2", "cls", Dinov2Model)
+        resolve_pooling("vit_msn", "cls", ViTMSNModel)
     with torch.inference_mode():
         expected = model(pixel_values=pixels).last_hidden_state.mean(1)
         got = EmbeddingModel(model, "mean")(pixels)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from transformers import AutoConfig, AutoImageProcessor, AutoModel
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
 from transformers.image_utils import load_image
 
 
@@ -32,3 +32,28 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+def retrieval_reference(model_dir: Path, images: list[bytes]) -> np.ndarray:
+    """The authors' image embedding, unnormalised: CLIP's projected `get_image_features`, SigLIP's pooled head
+    (`get_image_features`), DINOv2's CLS token after the final layernorm (`pooler_output`)."""
+    processor = AutoImageProcessor.from_pretrained(model_dir, use_fast=False)
+    model = AutoModel.from_pretrained(model_dir).eval()
+    pils = [load_image(Image.open(io.BytesIO(b))) for b in images]
+    pixels = processor(images=pils, return_tensors="pt")["pixel_values"]
+    with torch.inference_mode():
+        if model.config.model_type in ("clip", "siglip"):
+            return model.get_image_features(pixel_values=pixels).numpy()
+        return model(pixel_values=pixels).pooler_output.numpy()
+
+
+def text_reference(model_dir: Path, texts: list[str]) -> np.ndarray:
+    """`get_text_features`, tokenised as the model cards say: CLIP pads to the longest text (with its mask),
+    SigLIP pads to max_length (and was trained without a mask)."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModel.from_pretrained(model_dir).eval()
+    with torch.inference_mode():
+        if model.config.model_type == "siglip":
+            ids = tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt")["input_ids"]
+            return model.get_text_features(input_ids=ids).numpy()
+        return model.get_text_features(**tokenizer(texts, padding=True, truncation=True, return_tensors="pt")).numpy()

@@ -33,6 +33,7 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 import iei.preprocess.image as image_module
 from iei.errors import InputError
+from iei.models import catalog_dir
 from iei.preprocess.image import decode_payload, prepare_image
 from iei.preprocess.spec import make_spec, spec_from_processor
 
@@ -150,6 +151,17 @@ def test_matches_processor_saved_and_reloaded(family, seeds, jpegs, tmp_path):
     spec = spec_from_processor(processor, draft=False)
     for data in (seeds["bag"], jpegs["exif6-800x600"]):
         np.testing.assert_allclose(prepare_image(data, spec), reference(processor, data), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("model_id", ["openai/clip-vit-base-patch32", "google/siglip-base-patch16-224",
+                                      "facebook/dinov2-small"])
+def test_retrieval_catalog_processors_match_transformers(model_id, seeds, jpegs):
+    """What we serve for CLIP (shortest edge 224 bicubic + crop + CLIP mean/std), SigLIP (fixed 224) and DINOv2
+    (shortest edge 256 + crop 224), read from the bundled hub files."""
+    processor = AutoImageProcessor.from_pretrained(catalog_dir(model_id), use_fast=False)
+    spec = spec_from_processor(processor, draft=False)
+    for name, data in {**seeds, **jpegs}.items():
+        np.testing.assert_allclose(prepare_image(data, spec), reference(processor, data), atol=1e-4, rtol=0, err_msg=name)
 
 
 def test_exif_orientation_6_is_applied(jpegs):
