@@ -33,7 +33,8 @@ def served(request, tiny_model, server_logs, tmp_path_factory):
     if backend == "onnx":
         pytest.importorskip("onnxruntime")
         args += ["--onnx-cache-dir", str(tmp_path_factory.mktemp("onnx"))]
-    with running_server(*args, log_dir=server_logs) as server:
+    # ONNX exports two graphs at start-up: allow for a loaded CI machine
+    with running_server(*args, log_dir=server_logs, timeout_s=300 if backend == "onnx" else 120) as server:
         yield family, backend, server
 
 
