@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 DEFAULT_MODEL = "google/vit-base-patch16-224"
 
@@ -92,7 +93,7 @@ class Settings:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} cannot be negative, got {getattr(self, name)}")
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
     @property
@@ -132,9 +133,12 @@ def _convert(f: dataclasses.Field, text: str) -> Any:
     return text
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per Settings field; defaults stay unset so the environment can fill them."""
+def add_settings_arguments(parser: argparse.ArgumentParser, exclude: Sequence[str] = ()) -> None:
+    """One flag per Settings field (except those named in `exclude`); defaults stay unset so the
+    environment can fill them."""
     for f in dataclasses.fields(Settings):
+        if f.name in exclude:
+            continue
         meta = f.metadata
         flag = "--" + f.name.replace("_", "-")
         envs = ", ".join(meta["env"])

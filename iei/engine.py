@@ -10,14 +10,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Literal, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
 
 import numpy as np
 
 from backends import BackendConfig
 from iei.batcher import DynamicBatcher, Embedded
 from iei.config import Settings
-from iei.errors import EmptyInput, IEIError, InputError, Overloaded, Unhealthy, ValidationFailed
+from iei.errors import (
+    EmptyInput,
+    IEIError,
+    InputError,
+    Overloaded,
+    Unhealthy,
+    ValidationFailed,
+)
 from iei.metrics import Metrics
 from iei.model_runner import ModelProcess, ModelRunner
 from iei.models import resolve_model
@@ -53,6 +61,24 @@ class EmbedResult(NamedTuple):
     timings: Timings
 
 
+def model_plan(settings: Settings) -> tuple[PreprocessSpec, BackendConfig]:
+    """Resolve the model and read its preprocessing: what the workers and the backend are built from
+    (also used by `iei embed`'s engines, so offline vectors equal served ones). Raises ModelNotFound
+    or ValueError (unsupported processor)."""
+    source = resolve_model(settings.model, settings.revision, settings.load_format)
+    spec = load_spec(source.processor_source, source.revision, draft=settings.draft_decode,
+                     max_image_pixels=settings.max_image_pixels)
+    scale, offset = pixel_affine(spec)
+    config = BackendConfig(
+        model=settings.model, revision=settings.revision, load_format=settings.load_format,
+        config_dir=source.config_dir, device=settings.device, dtype=settings.dtype, pooling=settings.pooling,
+        num_threads=settings.backend_threads, max_batch_size=settings.max_batch_size,
+        pixel_scale=scale, pixel_offset=offset, onnx_optimize=settings.onnx_optimize, quantize=settings.quantize,
+        onnx_cache_dir=settings.onnx_cache_path, allow_cpu_fallback=settings.allow_cpu_fallback,
+    )
+    return spec, config
+
+
 def slots_for(settings: Settings) -> int:
     """Enough slots for the running batch, the prefetched one, and work queued in every worker."""
     return 2 * settings.max_batch_size + 4 * settings.workers
@@ -80,21 +106,12 @@ class EmbeddingEngine:
     # -- life cycle ---------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, settings: Settings) -> "EmbeddingEngine":
+    def load(cls, settings: Settings) -> EmbeddingEngine:
         """Blocking: resolve the model, read its preprocessing, start the model process and wait until
         the model is loaded and warm. Raises ModelNotFound, ValueError (unsupported processor) or
         BackendError, each with a message fit for the console."""
-        source = resolve_model(settings.model, settings.revision, settings.load_format)
-        spec = load_spec(source.processor_source, source.revision, draft=settings.draft_decode,
-                         max_image_pixels=settings.max_image_pixels)
-        scale, offset = pixel_affine(spec)
-        model = ModelProcess(settings.backend, BackendConfig(
-            model=settings.model, revision=settings.revision, load_format=settings.load_format,
-            config_dir=source.config_dir, device=settings.device, dtype=settings.dtype, pooling=settings.pooling,
-            num_threads=settings.backend_threads, max_batch_size=settings.max_batch_size,
-            pixel_scale=scale, pixel_offset=offset, onnx_optimize=settings.onnx_optimize, quantize=settings.quantize,
-            onnx_cache_dir=settings.onnx_cache_path, allow_cpu_fallback=settings.allow_cpu_fallback,
-        ), settings.log_format, settings.log_level)
+        spec, config = model_plan(settings)
+        model = ModelProcess(settings.backend, config, settings.log_format, settings.log_level)
         return cls(settings, model, spec)
 
     async def start(self) -> None:
@@ -168,7 +185,7 @@ class EmbeddingEngine:
                 results = await _all_or_nothing([self._embed_one(img, i, field, start) for i, img in enumerate(images)])
         finally:
             self.inflight_images -= len(images)
-        vectors = _finish(np.stack([r[0].vector for r in results]), normalize, dimensions)
+        vectors = finish_vectors(np.stack([r[0].vector for r in results]), normalize, dimensions)
         timings = Timings(
             max(r[1] for r in results),
             max(r[0].queue_s for r in results),
@@ -196,7 +213,8 @@ class EmbeddingEngine:
         return await future, preprocess_s
 
 
-def _finish(vectors: np.ndarray, normalize: bool, dimensions: int | None) -> np.ndarray:
+def finish_vectors(vectors: np.ndarray, normalize: bool, dimensions: int | None) -> np.ndarray:
+    """Truncate to `dimensions`, then L2-normalise if asked: what every client gets (float32 (N, D'))."""
     if dimensions is not None:
         vectors = vectors[:, :dimensions]
     if normalize:
