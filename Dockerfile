@@ -16,6 +16,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY iei ./iei
 COPY backends ./backends
+# The project itself (local source) carries its dependencies' ranges; torch and the runtimes are pinned.
+# hadolint ignore=DL3013
 RUN pip install --no-cache-dir --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}" \
     && pip install --no-cache-dir ".[torch,onnx,bulk]" "torch==${TORCH_VERSION}"
 
@@ -32,8 +34,11 @@ ENV PATH=/opt/iei/venv/bin:$PATH \
     IEI_HOST=0.0.0.0 \
     IEI_PORT=8000 \
     PYTHONUNBUFFERED=1
-USER iei
+# Numeric, so Kubernetes' runAsNonRoot can verify it.
+USER 10001:10001
 WORKDIR /home/iei
+# IEI_EXPORT_ARGS is split into words on purpose (several flags).
+# hadolint ignore=SC2086
 RUN if [ -n "${IEI_EXPORT_MODEL}" ]; then \
         iei export "${IEI_EXPORT_MODEL}" --output /opt/iei/model ${IEI_EXPORT_ARGS}; \
     fi

@@ -1,5 +1,6 @@
 """`iei embed --engine ray` on a local Ray instance (2 CPUs): the same vectors as the in-process
-engine, bad files reported and skipped, the same resumable output."""
+engine, bad files reported and skipped. (Resuming is the writer's job, shared by both engines and
+tested with the in-process one: a Ray start costs tens of seconds here.)"""
 
 from __future__ import annotations
 
@@ -12,8 +13,15 @@ import pytest
 from tests.bulk.test_embed_command import model_flags, run_embed, summary
 from tests.conftest import SEED_IMAGES
 
-pytest.importorskip("ray", reason="the Ray engine needs pip install 'iei[ray]' (CI installs it)")
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def ray_installed():
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        pytest.fail("Ray is missing: pip install 'iei[ray]' (scripts/install.sh installs it)")
 
 
 def vectors_by_path(out) -> dict[str, np.ndarray]:
@@ -43,8 +51,3 @@ def test_ray_engine_gives_the_in_process_engines_vectors(tmp_path, tiny_model):
         np.testing.assert_allclose(from_ray[path], vector, rtol=0, atol=1e-6)
         assert abs(np.linalg.norm(vector) - 1) < 1e-5
 
-    shutil.copy(SEED_IMAGES[5], images / SEED_IMAGES[5].name)  # resume on Ray: only the new file
-    again = run_embed(str(images), "--output", str(tmp_path / "ray"), "--engine", "ray", "--ray-num-cpus", "2", *flags,
-                      timeout=300)
-    assert again.returncode == 0, again.stderr
-    assert summary(again) == (1, 1, 5)

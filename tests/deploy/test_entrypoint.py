@@ -65,7 +65,7 @@ def test_a_baked_export_is_served_unless_a_model_is_named(tmp_path):
     (baked / "iei-export.json").write_text("{}")
     # A stand-in interpreter that prints what `iei serve` would be started with.
     show = tmp_path / "show-env"
-    show.write_text('#!/bin/sh\necho "$IEI_MODEL" "${IEI_BACKEND:-default}" "$@"\n')
+    show.write_text('#!/bin/sh\necho "model=$IEI_MODEL backend=${IEI_BACKEND:-default}" "$@"\n')
     show.chmod(0o755)
     env = entrypoint_env(0, IEI_BAKED_MODEL=str(baked), IEI_PYTHON=str(show))
 
@@ -73,8 +73,9 @@ def test_a_baked_export_is_served_unless_a_model_is_named(tmp_path):
         return subprocess.run(["sh", str(ENTRYPOINT), *args], env={**env, **extra}, capture_output=True, text=True,
                               timeout=30, check=False).stdout.strip()
 
-    assert started_with() == f"{baked} onnx -m iei serve"
-    assert started_with("--port", "9000") == f"{baked} onnx -m iei serve --port 9000"
-    assert started_with(IEI_MODEL="org/other") == "org/other default -m iei serve"
-    assert started_with(IMAGE_EMBEDDING_MODEL="org/other") == " default -m iei serve"
-    assert started_with("export", "m", "--output", "x") == " default -m iei export m --output x"
+    assert started_with() == f"model={baked} backend=onnx -m iei serve"
+    assert started_with("--port", "9000") == f"model={baked} backend=onnx -m iei serve --port 9000"
+    assert started_with("embed", "in", "-o", "out") == f"model={baked} backend=onnx -m iei embed in -o out"
+    assert started_with(IEI_MODEL="org/other") == "model=org/other backend=default -m iei serve"
+    assert started_with(IMAGE_EMBEDDING_MODEL="org/other") == "model= backend=default -m iei serve"
+    assert started_with("export", "m", "--output", "x") == "model= backend=default -m iei export m --output x"

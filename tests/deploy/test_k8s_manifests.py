@@ -20,7 +20,10 @@ def manifests() -> dict[str, dict]:
 
 @pytest.mark.parametrize("name", sorted(manifests()))
 def test_manifest_validates_against_the_kubernetes_schema(name):
-    kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install 'iei[deploy-lint]'")
+    try:
+        import kubernetes_validate
+    except ImportError:
+        pytest.fail("kubernetes-validate is missing: pip install 'iei[deploy-lint]' (scripts/install.sh installs it)")
     kubernetes_validate.validate(manifests()[name], KUBERNETES_VERSION, strict=True)
 
 
