@@ -50,4 +50,3 @@ def test_ray_engine_gives_the_in_process_engines_vectors(tmp_path, tiny_model):
     for path, vector in from_local.items():
         np.testing.assert_allclose(from_ray[path], vector, rtol=0, atol=1e-6)
         assert abs(np.linalg.norm(vector) - 1) < 1e-5
-
