@@ -1,4 +1,5 @@
-"""The `iei` command: `iei serve` starts the HTTP server; `iei export` exports a model to ONNX."""
+"""The `iei` command: `iei serve` starts the HTTP server; `iei export` exports a model to ONNX;
+`iei embed` embeds a folder or list of images offline (`iei.bulk`)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--quantize", default="none", choices=("none", "int8"), help="int8: dynamic int8 (CPU provider).")
     export.add_argument("--dtype", default="fp32", choices=("fp32", "fp16"), help="fp16: a float16 graph (CUDA provider).")
     export.add_argument("--opset", type=int, default=0, help="ONNX opset (0: the exporter's default).")
+    from iei.bulk.command import add_embed_arguments
+
+    add_embed_arguments(commands.add_parser(
+        "embed", help="Embed a folder or list of images offline (no HTTP).",
+        description="Embed every image of INPUT into OUT with the same preprocessing, backend and normalisation "
+                    "as `iei serve`, in this process or on Ray Data. Resumable; bad files are reported and skipped.",
+    ))
     return parser
 
 
@@ -94,7 +102,7 @@ def serve(settings: Settings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = settings_from(args if args.command == "serve" else None)
+    settings = settings_from(args if args.command in ("serve", "embed") else None)
     from iei.logs import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
@@ -102,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         return serve(settings)
     if args.command == "export":
         return export(args)
+    if args.command == "embed":
+        from iei.bulk.command import embed
+
+        return embed(args, settings)
     return 1
 
 

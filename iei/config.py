@@ -10,8 +10,9 @@ import argparse
 import dataclasses
 import ipaddress
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from iei.preprocess.spec import DECODABLE_FORMATS, DEFAULT_FORMATS
 
@@ -131,7 +132,7 @@ class Settings:
             raise ValueError(f"image_formats: choose from {', '.join(DECODABLE_FORMATS).lower()}, got "
                              f"{self.image_formats!r}")
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
     @property
@@ -181,9 +182,12 @@ def _convert(f: dataclasses.Field, text: str) -> Any:
     return text
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per Settings field; defaults stay unset so the environment can fill them."""
+def add_settings_arguments(parser: argparse.ArgumentParser, exclude: Sequence[str] = ()) -> None:
+    """One flag per Settings field (except those named in `exclude`); defaults stay unset so the
+    environment can fill them."""
     for f in dataclasses.fields(Settings):
+        if f.name in exclude:
+            continue
         meta = f.metadata
         flag = "--" + f.name.replace("_", "-")
         envs = ", ".join(meta["env"])

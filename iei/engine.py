@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Literal, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
 
 import msgspec
 import numpy as np
@@ -20,7 +21,14 @@ import numpy as np
 from backends import BackendConfig
 from iei.batcher import DynamicBatcher, Embedded
 from iei.config import Settings
-from iei.errors import EmptyInput, IEIError, InputError, Overloaded, Unhealthy, ValidationFailed
+from iei.errors import (
+    EmptyInput,
+    IEIError,
+    InputError,
+    Overloaded,
+    Unhealthy,
+    ValidationFailed,
+)
 from iei.metrics import Metrics
 from iei.model_runner import ModelProcess, ModelRunner
 from iei.models import ModelSource, resolve_model
@@ -56,6 +64,22 @@ class Timings(NamedTuple):
 class EmbedResult(NamedTuple):
     vectors: np.ndarray  # float32 (N, D')
     timings: Timings
+
+
+class ModelPlan(NamedTuple):
+    source: ModelSource
+    spec: PreprocessSpec  # the model's own preprocessing (input limits not applied)
+    config: BackendConfig
+
+
+def model_plan(settings: Settings) -> ModelPlan:
+    """Resolve the model and read its preprocessing: what the workers and the backend are built from
+    (also used by `iei embed`'s engines, so offline vectors equal served ones). Raises ModelNotFound
+    or ValueError (unsupported processor)."""
+    source = resolve_model(settings.model, settings.revision, settings.load_format)
+    spec = load_spec(source.processor_source, source.revision, draft=settings.draft_decode,
+                     max_image_pixels=settings.max_image_pixels)
+    return ModelPlan(source, spec, backend_config(settings, source, spec))
 
 
 def slots_for(settings: Settings) -> int:
@@ -118,21 +142,19 @@ class EmbeddingEngine:
     # -- life cycle ---------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, settings: Settings) -> "EmbeddingEngine":
+    def load(cls, settings: Settings) -> EmbeddingEngine:
         """Blocking: resolve the model, read its preprocessing, start the model process and wait until
         the model is loaded and warm. Raises ModelNotFound, ValueError (unsupported processor) or
         BackendError, each with a message fit for the console."""
-        source = resolve_model(settings.model, settings.revision, settings.load_format)
-        spec = load_spec(source.processor_source, source.revision, draft=settings.draft_decode,
-                         max_image_pixels=settings.max_image_pixels)
-        model = ModelProcess(settings.backend, backend_config(settings, source, spec), settings.log_format,
-                             settings.log_level, batch_timeout_s=settings.batch_timeout_ms / 1000)
+        plan = model_plan(settings)
+        model = ModelProcess(settings.backend, plan.config, settings.log_format, settings.log_level,
+                             batch_timeout_s=settings.batch_timeout_ms / 1000)
         try:
-            text_spec = text_spec_for(source, model.info)
+            text_spec = text_spec_for(plan.source, model.info)
         except ValueError:
             asyncio.run(model.close())
             raise
-        return cls(settings, model, spec, text_spec)
+        return cls(settings, model, plan.spec, text_spec)
 
     async def start(self) -> None:
         await self.pool.start()
@@ -234,7 +256,7 @@ class EmbeddingEngine:
                 results = await _all_or_nothing([embed_one(item, i, field, start) for i, item in enumerate(items)])
         finally:
             self.inflight_images -= len(items)
-        vectors = _finish(np.stack([r[0].vector for r in results]), normalize, dimensions)
+        vectors = finish_vectors(np.stack([r[0].vector for r in results]), normalize, dimensions)
         timings = Timings(
             max(r[1] for r in results),
             max(r[0].queue_s for r in results),
@@ -282,7 +304,8 @@ class EmbeddingEngine:
         return await self.fetcher.fetch(image.data), "raw"
 
 
-def _finish(vectors: np.ndarray, normalize: bool, dimensions: int | None) -> np.ndarray:
+def finish_vectors(vectors: np.ndarray, normalize: bool, dimensions: int | None) -> np.ndarray:
+    """Truncate to `dimensions`, then L2-normalise if asked: what every client gets (float32 (N, D'))."""
     if dimensions is not None:
         vectors = vectors[:, :dimensions]
     if normalize:

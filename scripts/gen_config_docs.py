@@ -1,14 +1,17 @@
-"""Write docs/configuration.md from the Settings fields (their help text is the single source).
+"""Write docs/configuration.md from the Settings fields and `iei embed`'s own flags (their help text
+is the single source).
 `python scripts/gen_config_docs.py --check` fails if the file is out of date (a test runs it)."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from iei.bulk.command import SERVER_ONLY_SETTINGS, add_embed_arguments  # noqa: E402
 from iei.config import Settings  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
@@ -33,7 +36,32 @@ def render() -> str:
         choices = f.metadata["choices"]
         meaning = (f.metadata["help"] + (f" One of: {', '.join(choices)}." if choices else "")).replace("|", "/")
         lines.append(f"| `{flag}` | {envs} | `{f.default}` | {meaning} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + render_embed()) + "\n"
+
+
+def render_embed() -> list[str]:
+    """`iei embed`'s flags beyond the settings above (which it shares, except the server-only ones)."""
+    parser = argparse.ArgumentParser(prog="iei embed")
+    add_embed_arguments(parser)
+    settings = {f.name for f in dataclasses.fields(Settings)}
+    lines = [
+        "",
+        "## `iei embed`",
+        "",
+        ("`iei embed INPUT --output OUT` takes the settings above (flags and environment variables) except "
+        f"{', '.join('`--' + n.replace('_', '-') + '`' for n in SERVER_ONLY_SETTINGS)}, and these flags of its own "
+        "(see [bulk.md](bulk.md)):"),
+        "",
+        "| flag | default | meaning |",
+        "|---|---|---|",
+    ]
+    for action in parser._actions:
+        if action.dest in settings or action.dest == "help" or not action.option_strings:
+            continue
+        flag = " / ".join(f"`{o}`" for o in action.option_strings)
+        choices = f" One of: {', '.join(action.choices)}." if action.choices else ""
+        lines.append(f"| {flag} | `{action.default}` | {(action.help + choices).replace('|', '/')} |")
+    return lines
 
 
 if __name__ == "__main__":

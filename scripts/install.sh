@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv and install IEI with the PyTorch and ONNX Runtime backends (sentencepiece for SigLIP text comes
-# with the torch extra), the test and benchmark tools.
+# with the torch extra), `iei embed` (with Ray), the test, deployment-lint and benchmark tools.
 # torch is pinned to the CPU wheel this machine carries (an unpinned torch may pull a multi-GB CUDA build);
 # set TORCH_SPEC to choose another build, e.g. TORCH_SPEC="torch==2.13.0" with a CUDA index configured.
 # IEI_PILLOW_SIMD=1 replaces Pillow with pillow-simd (built from source: needs a C compiler and the libjpeg,
@@ -19,7 +19,10 @@ fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 "$VENV/bin/python" -m pip install --quiet "$TORCH_SPEC"
 # The same torch spec again, so no extra's dependency can move torch.
-"$VENV/bin/python" -m pip install --quiet -e ".[torch,onnx,bench,test]" "$TORCH_SPEC"
+# IEI_EXTRAS: the extras to install. The default is everything the test suite exercises (CI), Ray
+# included; a server-only install can use IEI_EXTRAS=torch,onnx.
+EXTRAS=${IEI_EXTRAS:-torch,onnx,bulk,ray,deploy-lint,bench,test}
+"$VENV/bin/python" -m pip install --quiet -e ".[$EXTRAS]" "$TORCH_SPEC"
 if [ "${IEI_PILLOW_SIMD:-0}" = "1" ]; then
     "$VENV/bin/python" -m pip uninstall --quiet --yes pillow pillow-simd || true
     CC="${CC:-cc} -mavx2" "$VENV/bin/python" -m pip install --quiet --no-deps --no-binary pillow-simd "pillow-simd==12.1.1.post0"
