@@ -30,10 +30,19 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402  (sibling modules)
-    _TICK, CACHE, RESULTS, ROOT, Server, free_port, generated_image, iei_command, machine_facts, vit_model,
+from common import (
+    _TICK,
+    CACHE,
+    RESULTS,
+    ROOT,
+    Server,
+    free_port,
+    generated_image,
+    iei_command,
+    machine_facts,
+    vit_model,
 )
-from serving_bench import run_wrk  # noqa: E402
+from serving_bench import run_wrk
 
 ROLES = ("http", "preprocess", "model", "other")
 
