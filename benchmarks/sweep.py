@@ -93,7 +93,7 @@ def median_level(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run_suite(name: str, args) -> dict[str, Any]:
     spec = SUITES[name]
-    model, image = vit_model("tiny" if args.quick else spec["model"]), generated_image(spec["image"])
+    model, image = vit_model(args.model or spec["model"]), generated_image(spec["image"])
     configs = [Config(c, [*f, *args.iei_args], m, model, image) for c, (f, m) in spec["configs"].items()]
     print(f"== {name}: {spec['title']}", flush=True)
     try:
@@ -215,13 +215,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds (medians reported)")
     p.add_argument("--iei-args", default="", help="extra `iei serve` flags for every configuration")
     p.add_argument("--start-timeout", type=float, default=240, help="seconds to wait for /health")
+    p.add_argument("--model", choices=("tiny", "small", "base"), default=None,
+                   help="one model for every suite instead of each suite's own (tiny: the overhead regime)")
     p.add_argument("--quick", action="store_true", help="smoke: tiny model, batching+upload, 1 round of 1 s")
     p.add_argument("--out", type=Path, default=None, help="results basename (default benchmarks/results/sweep)")
     args = p.parse_args(argv)
     if args.quick:
         if "--suites" not in (argv if argv is not None else sys.argv):
             args.suites = "batching,upload"
-        args.concurrency, args.duration, args.warmup, args.rounds = "4", 1, 0.5, 1
+        args.concurrency, args.duration, args.warmup, args.rounds, args.model = "4", 1, 0.5, 1, "tiny"
     suites = [s.strip() for s in args.suites.split(",") if s.strip()]
     for s in suites:
         if s not in SUITES:
