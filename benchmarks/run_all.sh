@@ -9,5 +9,5 @@ export PYTHONPATH=$PWD
 "$PY" benchmarks/backend_bench.py
 bash benchmarks/baselines/install.sh --infinity && "$PY" benchmarks/serving_bench.py
 "$PY" benchmarks/compute_efficiency.py
-"$PY" benchmarks/sweep.py
-"$PY" benchmarks/overhead_bench.py
+"$PY" benchmarks/overhead_bench.py --runs 3 --duration 8 --profile-seconds 8
+"$PY" benchmarks/sweep.py --model tiny --concurrency 4,32 --duration 2 --rounds 3

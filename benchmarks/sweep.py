@@ -39,21 +39,23 @@ from common import (
 )
 from loadgen import build_payloads, run_level
 
+MODEL_NAMES = {"vit-tiny": "hidden 32, 2 layers, patch 32", "vit-small": "ViT-S/16 width, 6 layers",
+               "vit-base": "ViT-B/16"}
 ONE_THREAD = ["--backend-threads", "1"]  # the model's threads would spin on the cores the decoders need
 # suite -> workload and configurations {name: (iei flags, upload mode)}; the first is the reference
 SUITES: dict[str, dict[str, Any]] = {
-    "batching": dict(model="small", image="jpeg-224", title="Dynamic batching: ViT-S/16 (6 layers), 224x224 JPEG",
+    "batching": dict(model="small", image="jpeg-224", title="Dynamic batching, 224x224 JPEG",
                      configs={"batch 32": ([], "json"), "batch 1": (["--max-batch-size", "1"], "json")}),
-    "pool": dict(model="tiny", image="jpeg-1024x768", title="Preprocess pool: tiny ViT, 1024x768 JPEG",
+    "pool": dict(model="tiny", image="jpeg-1024x768", title="Preprocess pool, 1024x768 JPEG",
                  configs={"2 workers": (["--preprocess-workers", "2", *ONE_THREAD], "json"),
                           "1 worker": (["--preprocess-workers", "1", *ONE_THREAD], "json")}),
-    "draft": dict(model="tiny", image="jpeg-1024x768", title="Draft JPEG decode: tiny ViT, 1024x768 JPEG",
+    "draft": dict(model="tiny", image="jpeg-1024x768", title="Draft JPEG decode, 1024x768 JPEG",
                   configs={"draft on": (["--draft-decode", *ONE_THREAD], "json"),
                            "draft off": (["--no-draft-decode", *ONE_THREAD], "json")}),
-    "backend": dict(model="small", image="jpeg-224", title="Backend: ViT-S/16 (6 layers), 224x224 JPEG",
+    "backend": dict(model="small", image="jpeg-224", title="Backend, 224x224 JPEG",
                     configs={"torch": (["--backend", "torch"], "json"), "onnx": (["--backend", "onnx"], "json"),
                              "onnx int8": (["--backend", "onnx", "--quantize", "int8"], "json")}),
-    "upload": dict(model="tiny", image="jpeg-224", title="Upload format: tiny ViT, 224x224 JPEG",
+    "upload": dict(model="tiny", image="jpeg-224", title="Upload format, 224x224 JPEG",
                    configs={"json base64": (ONE_THREAD, "json"), "multipart": (ONE_THREAD, "multipart")}),
 }
 
@@ -95,7 +97,8 @@ def run_suite(name: str, args) -> dict[str, Any]:
     spec = SUITES[name]
     model, image = vit_model(args.model or spec["model"]), generated_image(spec["image"])
     configs = [Config(c, [*f, *args.iei_args], m, model, image) for c, (f, m) in spec["configs"].items()]
-    print(f"== {name}: {spec['title']}", flush=True)
+    title = f"{spec['title']}, random {model.name} ({MODEL_NAMES[model.name]})"
+    print(f"== {name}: {title}", flush=True)
     try:
         for c in configs:  # one after another: concurrent start-ups would fight for the cores
             c.server.start(timeout_s=args.start_timeout)
@@ -111,7 +114,7 @@ def run_suite(name: str, args) -> dict[str, Any]:
     finally:
         for c in configs:
             c.server.stop()
-    result = {"title": spec["title"], "model": model.name, "image": spec["image"], "configs": {}}
+    result = {"title": title, "model": model.name, "image": spec["image"], "configs": {}}
     for c in configs:
         result["configs"][c.name] = {"flags": c.flags, "mode": c.mode, "command": c.server.command_line(),
                                      "levels": {str(k): median_level(v) for k, v in c.runs.items()},
