@@ -244,7 +244,7 @@ def run_config(name: str, args) -> dict[str, Any]:
         best = max(sweep_median, key=sweep_median.get)
         print("  " + ", ".join(f"b{b}={v:.2f}" for b, v in sweep_median.items()) + f" -> best batch {best}", flush=True)
         port = free_port()
-        cmd = [ROOT / ".venv" / "bin" / "iei", "serve", *serve_args, "--max-batch-size", str(best),
+        cmd = [sys.executable, "-m", "iei", "serve", *serve_args, "--max-batch-size", str(best),
                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
         body = json.dumps({"inputs": [base64.b64encode(image_file(args.image).read_bytes()).decode()]}).encode()
         server = Server(f"iei-{name}", cmd, {}, port, "/embed", body, lambda r: r[0])

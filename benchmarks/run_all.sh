@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Reproduce every committed result under benchmarks/results/ (about 45 minutes on 2 cores).
+# Usage: bash benchmarks/run_all.sh [PYTHON]   (default .venv/bin/python; needs wrk: apt-get install wrk)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${1:-.venv/bin/python}
+export PYTHONPATH=$PWD
+"$PY" benchmarks/preprocess_bench.py
+"$PY" benchmarks/backend_bench.py
+bash benchmarks/baselines/install.sh --infinity && "$PY" benchmarks/serving_bench.py
+"$PY" benchmarks/compute_efficiency.py
+"$PY" benchmarks/overhead_bench.py --runs 3 --duration 8 --profile-seconds 8
+"$PY" benchmarks/sweep.py --model tiny --concurrency 4,32 --duration 2 --rounds 3

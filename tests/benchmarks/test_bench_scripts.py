@@ -1,0 +1,77 @@
+"""The benchmark scripts still run: each one's --quick mode for seconds, against real servers (no speed asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BENCH = REPO / "benchmarks"
+needs_wrk = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed (apt-get install wrk)")
+
+
+def run_script(name: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(BENCH / name), *args], cwd=REPO, env=env, capture_output=True, check=False,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc
+
+
+@pytest.mark.parametrize("mode, per_request", [("json", 2), ("multipart", 2), ("raw", 1)])
+def test_loadgen_levels_count_images_and_read_stage_headers(vit_server, tmp_path, mode, per_request):
+    out = tmp_path / "levels.json"
+    run_script("loadgen.py", "--url", vit_server.url + "/embed", "--concurrency", "2", "--rate", "10",
+               "--duration", "1", "--warmup", "0", "--mode", mode, "--images-per-request", str(per_request),
+               "--image", "png-alpha", "--out", str(out))
+    levels = json.loads(out.read_text())["levels"]
+    assert [("concurrency" in lv, "rate" in lv) for lv in levels] == [(True, False), (False, True)]
+    for level in levels:
+        assert level["ok_requests"] > 0 and level["errors"] == {}
+        assert level["img_per_s"] == pytest.approx(level["req_per_s"] * per_request, rel=0.01)  # both rounded to 0.01
+        assert set(level["stage_median_ms"]) == {"preprocess", "queue", "inference"}
+        assert level["p50_ms"] <= level["p99_ms"] <= level["max_ms"]
+
+
+def test_loadgen_refuses_a_target_that_is_not_loopback():
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(BENCH / "loadgen.py"), "--url", "http://192.0.2.1:9/embed"],
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode != 0 and "not loopback" in proc.stderr
+
+
+@pytest.mark.slow
+def test_sweep_quick_writes_table_and_plots(tmp_path):
+    run_script("sweep.py", "--quick", "--suites", "upload", "--out", str(tmp_path / "sweep"))
+    report = json.loads((tmp_path / "sweep.json").read_text())
+    assert set(report["suites"]["upload"]["configs"]) == {"json base64", "multipart"}
+    assert (tmp_path / "sweep-upload.png").stat().st_size > 0
+    assert "| json base64 | 4 |" in (tmp_path / "sweep.md").read_text()
+
+
+@pytest.mark.slow
+@needs_wrk
+def test_overhead_quick_splits_cpu_by_role(tmp_path):
+    run_script("overhead_bench.py", "--quick", "--out", str(tmp_path / "overhead"))
+    report = json.loads((tmp_path / "overhead.json").read_text())
+    assert report["roles"]["http"] == 1 and report["roles"]["model"] == 1 and report["roles"]["preprocess"] >= 1
+    assert report["median"]["cpu_ms_per_image"]["http"] > 0
+
+
+@pytest.mark.slow
+@needs_wrk
+def test_serving_bench_quick(tmp_path):
+    run_script("serving_bench.py", "--quick", "--iei-venv", sys.prefix, "--out", str(tmp_path / "serving"))
+    assert (tmp_path / "serving.md").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["preprocess_bench.py", "backend_bench.py", "compute_efficiency.py"])
+def test_other_benchmarks_quick(tmp_path, script):
+    run_script(script, "--quick", "--out", str(tmp_path / "result"))
