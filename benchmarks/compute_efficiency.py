@@ -304,8 +304,10 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         "size (median of interleaved passes); the server runs with `--max-batch-size` = that size; then "
         f"{a['rounds']} rounds, each one {a['seconds']:g} s in-process window and one {a['seconds']:g} s "
         "end-to-end window in alternating order (ABBA), the two sides never running at once. End-to-end rate = "
-        "`iei_images_embedded_total` growth between two scrapes after the pipeline has filled. *ratio* is the "
-        "median of the per-round ratios.", "",
+        "growth of `iei_images_embedded_total` between its first and last change in the window (polled every "
+        "50 ms, after the pipeline has filled), so it is exact to a batch boundary. *ratio* is the median of the "
+        "per-round ratios; a round during which other processes used more than "
+        f"{a['max_other_cores']} cores was redone.", "",
         f"commit `{m['git_commit']}`{' (dirty tree)' if m['git_dirty'] else ''} · {m['cpu_model']} · "
         f"{m['cpu_cores']} cores · Python {m['python']} · {m['date']}", "",
         "| config | best batch | in process img/s | end to end img/s | ratio (median) | per-round ratios |",
