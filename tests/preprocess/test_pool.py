@@ -147,7 +147,7 @@ async def test_a_stuck_worker_is_killed_by_the_watchdog_and_only_its_image_fails
         started = time.monotonic()
         victim, running = await prepare_on_a_frozen_worker(pool, [png()] * 4)
         results = await asyncio.gather(*(task for task, _ in running), return_exceptions=True)
-        assert time.monotonic() - started < 5  # the watchdog fires at 2 x 0.2 s + 1 s
+        assert time.monotonic() - started < 15  # the watchdog fires at 2 x 0.2 s + 1 s; slack for a loaded CI host
         timed_out = [r for r in results if isinstance(r, InputError)]
         assert len(timed_out) == 1 and "decoding took longer" in timed_out[0].message, results
         assert results.count(None) == 3
