@@ -83,6 +83,7 @@ def start_server(model: str, extra: list[str], log_path: Path) -> tuple[subproce
     port = free_port()
     cmd = [sys.executable, "-m", "iei", "serve", "--model", model, "--host", "127.0.0.1", "--port", str(port), *extra]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -221,7 +222,8 @@ def main() -> int:
     parser.add_argument("--max-rss-growth-mb", type=float, default=64)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
-    parser.add_argument("--log", type=Path, default=Path("soak-server.log"))
+    parser.add_argument("--log", type=Path, default=ROOT / "benchmarks" / ".cache" / "logs" / "soak-server.log",
+                        help="the server's own log (default under the gitignored benchmarks/.cache)")
     args = parser.parse_args()
 
     process, url = start_server(args.model, args.server_arg, args.log)
