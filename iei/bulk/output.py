@@ -90,9 +90,31 @@ class _Buffer:
         return paths, vectors
 
 
-class ParquetDatasetWriter:
+class _BufferedWriter:
+    """Rows are buffered and written in chunks by `_flush`; every chunk must have the width of the
+    vectors the output already holds (`out` names the output in that error)."""
+
+    out: Path
+    dims: int | None
+    buffer: _Buffer
+
+    def add(self, paths: list[str], vectors: np.ndarray) -> None:
+        _check_dims(self.out, self.dims, vectors.shape[1])
+        self.dims = vectors.shape[1]
+        if self.buffer.add(paths, vectors):
+            self._flush()
+
+    def close(self) -> None:
+        self._flush()
+
+    def _flush(self) -> None:
+        raise NotImplementedError
+
+
+class ParquetDatasetWriter(_BufferedWriter):
     def __init__(self, folder: Path, *, model: str, rows_per_flush: int) -> None:
         self.folder, self.model = folder, model
+        self.out = folder
         self.dims: int | None = None  # of the vectors held; fixed by the first part
         self.buffer = _Buffer(rows_per_flush)
         # Part names carry the run's start time, so a resumed run never overwrites an earlier part.
@@ -122,15 +144,6 @@ class ParquetDatasetWriter:
 
     def done_paths(self) -> set[str]:
         return set(self._done)
-
-    def add(self, paths: list[str], vectors: np.ndarray) -> None:
-        _check_dims(self.folder, self.dims, vectors.shape[1])
-        self.dims = vectors.shape[1]
-        if self.buffer.add(paths, vectors):
-            self._flush()
-
-    def close(self) -> None:
-        self._flush()
 
     def _flush(self) -> None:
         import pyarrow as pa
@@ -177,9 +190,10 @@ def _npy_dims(npy: Path) -> int:
         raise OutputMismatch(f"{npy} is not an array written by iei embed; choose another --output") from None
 
 
-class NpyWriter:
+class NpyWriter(_BufferedWriter):
     def __init__(self, npy: Path, *, model: str, rows_per_flush: int) -> None:
         self.npy, self.model = npy, model
+        self.out = npy
         self.index = npy.with_name(npy.stem + ".index.jsonl")
         self.buffer = _Buffer(rows_per_flush)
         self.dims: int | None = None  # set by an existing array or the first add
@@ -203,15 +217,6 @@ class NpyWriter:
 
     def done_paths(self) -> set[str]:
         return set(self.paths)
-
-    def add(self, paths: list[str], vectors: np.ndarray) -> None:
-        _check_dims(self.npy, self.dims, vectors.shape[1])
-        self.dims = vectors.shape[1]
-        if self.buffer.add(paths, vectors):
-            self._flush()
-
-    def close(self) -> None:
-        self._flush()
 
     def _flush(self) -> None:
         taken = self.buffer.take()
