@@ -8,9 +8,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 
@@ -38,7 +38,9 @@ def running_server(*args: str, env: dict[str, str] | None = None, log_dir: Path,
                    expect_ready: bool = True) -> Iterator[ServerProcess]:
     port = free_port()
     log_path = log_dir / f"server-{port}.log"
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+    # IEI_DEVICE=cpu: the references are CPU float32 vectors, and on a GPU host `auto` would serve float16
+    # (a test's --device flag still wins over the environment).
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "IEI_DEVICE": "cpu", **(env or {})}
     cmd = [sys.executable, "-m", "iei", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
