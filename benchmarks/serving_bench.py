@@ -41,6 +41,7 @@ from common import (  # noqa: E402,F401  (a sibling module; names re-exported fo
     BENCH, CACHE, RESULTS, ROOT, Server, _group_cpu_s, _self_cpu_s, _system_busy_s, foreign_cpu, free_port,
     image_file, machine_facts, post_json, synthetic_photo, vit_model, wait_quiet,
 )
+from inprocess import InProcess  # noqa: E402
 
 WRK_LUA = BENCH / "wrk" / "post_body.lua"
 IEI_VENV = ROOT / ".venv"  # --iei-venv picks another (e.g. one with pillow-simd)
@@ -209,50 +210,23 @@ def wrk_command(connections: int, duration_s: float, threads: int, timeout_s: in
 # ---------------------------------------------------------------------------------------------
 # in-process throughput (compute scenario)
 
-INPROCESS_CODE = r"""
-import json, sys, time
-import numpy as np
-sys.path.insert(0, sys.argv[1])
-from backends import load_backend
-from backends.base import BackendConfig
-model, seconds, sizes = sys.argv[2], float(sys.argv[3]), [int(s) for s in sys.argv[4].split(",")]
-backend = load_backend("torch", BackendConfig(model=model))
-backend.warmup()
-rng = np.random.default_rng(0)
-out = {}
-for bs in sizes:
-    pixels = rng.uniform(-1, 1, (bs, 3, 224, 224)).astype(np.float32)
-    backend.embed_images(pixels)  # warm this shape
-    n, t0 = 0, time.perf_counter()
-    while True:
-        backend.embed_images(pixels)
-        n += bs
-        elapsed = time.perf_counter() - t0
-        if elapsed >= seconds and n >= 2 * bs:
-            break
-    out[bs] = n / elapsed
-print("INPROC_JSON " + json.dumps(out), flush=True)
-"""
-
-
 def inprocess_throughput(model: Path, seconds: float, runs: int, sizes=INPROCESS_BATCH_SIZES,
                          quiet_cores: float = 0.3, quiet_wait: float = 90, max_retries: int = 4) -> dict[str, Any]:
-    """img/s of backends' torch backend on random float32 (B,3,224,224), each run in a fresh process;
+    """img/s of the torch backend as `iei serve --model M` configures it, on uint8 (B,3,224,224), each run in
+    a fresh process (benchmarks/inprocess.py);
     median over runs per batch size. A run during which other processes used more than quiet_cores is redone."""
     other_cores: list[float] = []
     per_run, discarded = [], []
     while len(per_run) < runs:
         wait_quiet(quiet_cores, quiet_wait)
         b0, s0, t0 = _system_busy_s(), _self_cpu_s(), time.monotonic()
-        proc = subprocess.run([sys.executable, "-c", INPROCESS_CODE, str(ROOT), str(model), str(seconds),
-                               ",".join(map(str, sizes))], capture_output=True, text=True, cwd=ROOT,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        worker = InProcess(["--model", str(model)], start_timeout=600)  # a fresh process per run
+        try:
+            result = {int(k): v[0] for k, v in worker.ask(f"sweep {','.join(map(str, sizes))} {seconds} 1").items()}
+        finally:
+            worker.close()
         wall = time.monotonic() - t0
         other = max(0.0, (_system_busy_s() - b0) - (_self_cpu_s() - s0)) / wall
-        m = re.search(r"^INPROC_JSON (\{.*\})$", proc.stdout, re.M)
-        if not m:
-            raise RuntimeError(f"in-process benchmark failed: {proc.stderr[-1500:]}")
-        result = {int(k): v for k, v in json.loads(m.group(1)).items()}
         noisy = other > quiet_cores and len(discarded) < max_retries
         print("    in-process run: " + ", ".join(f"b{k}={v:.2f}" for k, v in result.items())
               + f"  (other processes {other:.2f} cores{'; DISCARDED, retrying' if noisy else ''})", flush=True)

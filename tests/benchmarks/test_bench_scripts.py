@@ -75,3 +75,28 @@ def test_serving_bench_quick(tmp_path):
 @pytest.mark.parametrize("script", ["preprocess_bench.py", "backend_bench.py", "compute_efficiency.py"])
 def test_other_benchmarks_quick(tmp_path, script):
     run_script(script, "--quick", "--out", str(tmp_path / "result"))
+
+
+def _soak_module():
+    sys.path.insert(0, str(BENCH / "soak"))
+    try:
+        import soak
+    finally:
+        sys.path.remove(str(BENCH / "soak"))
+    return soak
+
+
+def test_soak_leak_check_tells_a_plateau_from_a_leak():
+    rss_growth = _soak_module().rss_growth
+    times = range(0, 600, 10)
+    plateau = [{"t_s": t, "server_mb": 300, "total_mb": 800 + min(t, 200) * 0.7} for t in times]  # steps, then flat
+    leak = [{"t_s": t, "server_mb": 300, "total_mb": 800 + t * 0.3} for t in times]  # 18 MB a minute
+    assert rss_growth(plateau, 15)["growth_total_mb"] > 64 > rss_growth(plateau, 15)["late_growth_total_mb"]
+    assert rss_growth(leak, 15)["late_growth_total_mb"] > 64
+
+
+def test_rss_probe_runs(tiny_model, tmp_path):
+    out = tmp_path / "rss"
+    run_script("soak/rss_probe.py", "--model", str(tiny_model("vit")), "--passes", "2", "--max-batch-size", "3",
+               "--variants", "mixed", "--out", str(out))
+    assert len(json.loads(out.with_suffix(".json").read_text())["variants"]["mixed"]) == 3

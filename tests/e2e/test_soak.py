@@ -1,6 +1,6 @@
 """The soak script's CI form: 60 s at saturation, mixed valid and invalid requests, against a real
-server (tiny model). Fails on any 5xx, any wrong status, a non-zero exit on SIGTERM, or RSS growth
-after warm-up above 64 MB across the server, its workers and the model process."""
+server (tiny model). Fails on any 5xx, any wrong status, a non-zero exit on SIGTERM, or RSS still
+growing (second half's peak > 64 MB above the first half's, across the server, its workers and the model process)."""
 
 from __future__ import annotations
 
