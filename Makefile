@@ -22,7 +22,7 @@ serve: install
 
 # The whole test suite, slow end-to-end tests included (this is what CI runs).
 test: install
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest --durations=20
 
 test-fast: install
 	$(VENV)/bin/python -m pytest -m "not slow"
