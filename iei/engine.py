@@ -295,6 +295,20 @@ class EmbeddingEngine:
         return await self.text_batcher.submit(token_ids), preprocess_s  # type: ignore[union-attr]
 
 
+    async def embed_in_background(self, image: ImagePayload, preprocess_gate: asyncio.Semaphore) -> np.ndarray:
+        """One image of a background job (`iei.jobs`): the same pool and batcher as a request, in the
+        batcher's low-priority lane. Not counted against `max_concurrent_requests`: the job runner
+        bounds its own images, and `preprocess_gate` bounds how many it has in the pool at once (so
+        a request never queues behind a job backlog in a worker). Returns the raw float32 (D,) vector.
+        Raises InputError (without an index), BackendFailed, PreprocessWorkerDied or Unhealthy."""
+        if self.draining or not self.ready:
+            raise Unhealthy("the server is shutting down")
+        data, encoding = await self._fetched(image)
+        async with preprocess_gate:
+            slot = await self.pool.acquire_slot()
+            await self.pool.prepare(data, encoding, slot)
+        return (await self.batcher.submit(slot, background=True)).vector
+
     async def _fetched(self, image: ImagePayload) -> tuple[bytes | str, Encoding]:
         """The image itself: a URL input is fetched (before a slot is taken: a slow server must not hold one)."""
         if image.encoding != "base64" or not isinstance(image.data, str) or not looks_like_url(image.data):

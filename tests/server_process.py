@@ -38,7 +38,9 @@ def running_server(*args: str, env: dict[str, str] | None = None, log_dir: Path,
                    expect_ready: bool = True) -> Iterator[ServerProcess]:
     port = free_port()
     log_path = log_dir / f"server-{port}.log"
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+    # Each server its own batch-job database (unless the test names one): never the user's, never shared.
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
+                "IEI_BATCH_DB": str(log_dir / f"batches-{port}.sqlite3"), **(env or {})}
     cmd = [sys.executable, "-m", "iei", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
