@@ -116,6 +116,9 @@ class Settings:
     batch_input_root: str | None = _opt(None, 'Folder that batch jobs may read images from ({"path": ...} lines, '
                                         "relative to it; a path resolving outside it fails). Unset: base64 "
                                         "images only.", env=("IEI_BATCH_INPUT_ROOT",))
+    batch_job_workers: int = _opt(1, "Preprocessing processes that decode batch-job images, at the lowest CPU "
+                                  "priority (nice 19): online requests never wait behind them. More of them use "
+                                  "more of the cores online traffic leaves idle.", env=("IEI_BATCH_JOB_WORKERS",))
     batch_max_inputs: int = _opt(1_000_000, "Most lines in one batch job (422 above it).",
                                  env=("IEI_BATCH_MAX_INPUTS",))
     # Logging
@@ -127,7 +130,8 @@ class Settings:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be between 0 and 65535, got {self.port}")
         positive = ("payload_limit", "max_batch_size", "max_concurrent_requests", "max_client_batch_size",
-                    "max_image_pixels", "url_max_bytes", "url_timeout_ms", "batch_max_inputs")
+                    "max_image_pixels", "url_max_bytes", "url_timeout_ms", "batch_max_inputs",
+                    "batch_job_workers")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

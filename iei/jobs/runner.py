@@ -3,9 +3,10 @@
 Online requests come first, at every stage a job image passes through:
 - the batcher takes online images first; job images only fill the room a batch has left, and a
   batch of job images alone goes only to an idle model (`DynamicBatcher`'s background lane);
-- at most `max_batch_size` job images hold a slab slot at once (in the pool or queued), and at most
-  half the preprocessing workers (one at least) work on job images at once, so a request finds a
-  worker with no job backlog and is never stuck behind a whole job in a worker's queue.
+- job images are decoded by the pool's background workers (`--batch-job-workers`, nice 19): a
+  request never waits behind a job image in a worker, and the OS gives the cores to request work first;
+- only a few job images (`background_slots`) hold a slab slot at once, so job batches stay small and
+  an online image that finds the model busy with one waits only briefly.
 
 Each finished image (vector, or per-image error) is committed to the store within `_FLUSH_S`, so a
 server killed mid-job resumes it at the next start and recomputes only what was not yet committed.
@@ -24,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from iei.engine import EmbeddingEngine, ImagePayload, finish_vectors
+from iei.engine import EmbeddingEngine, ImagePayload, background_slots, finish_vectors
 from iei.errors import IEIError, InputError, Unhealthy
 from iei.jobs.inputs import parse_job_lines, read_path_input
 from iei.jobs.store import AsyncJobStore, JobInput, JobRecord, JobResult
@@ -50,8 +51,7 @@ class JobRunner:
         settings = engine.settings
         self._input_root = settings.batch_input_root
         self._max_inputs = settings.batch_max_inputs
-        self._holding_slots = asyncio.Semaphore(settings.max_batch_size)
-        self._preprocessing = asyncio.Semaphore(max(1, settings.workers // 2))
+        self._holding_slots = asyncio.Semaphore(background_slots(settings))
         self._queue: asyncio.Queue[str] = asyncio.Queue()  # ids of jobs to run, in order
         self._task: asyncio.Task | None = None
         self._current: tuple[str, asyncio.Task] | None = None  # the job being run
@@ -200,7 +200,7 @@ class JobRunner:
         results; Unhealthy (shutting down, batcher gone) propagates and stops the run."""
         try:
             payload = await self._payload(item)
-            vector = await self._engine.embed_in_background(payload, self._preprocessing)
+            vector = await self._engine.embed_in_background(payload)
         except Unhealthy:
             raise
         except IEIError as e:
