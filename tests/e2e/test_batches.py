@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -20,7 +23,7 @@ from tests.e2e.batch_client import (
     small_images,
     wait_for_job,
 )
-from tests.server_process import running_server
+from tests.server_process import REPO, running_server
 
 KEY = "batch-secret"
 AUTH = {"authorization": f"Bearer {KEY}"}
@@ -161,3 +164,22 @@ def test_batch_routes_need_the_api_key(client):
     for method, path in (("GET", "/batches"), ("POST", "/batches"), ("GET", "/batches/x"), ("DELETE", "/batches/x")):
         response = client.request(method, path, headers={"authorization": "Bearer wrong"})
         assert response.status_code == 401 and response.json()["error_type"] == "Unauthorized"
+
+
+@pytest.mark.slow
+def test_online_latency_barely_moves_while_a_job_runs(client, input_root, tmp_path):
+    """benchmarks/batches_priority.py against this server: alternating rounds without and with a job
+    running the whole round, online p99 compared as the median of the per-round p99s. Its strict
+    check (within 1.5x) is too tight to assert on a shared 2-core host, where the measured ratio
+    ranges 1.1-1.9x (benchmarks/results/batches_priority.md); asserted here is 2.5x, which job work
+    at the online priority (sharing the online workers, full-size batches) exceeded: 3-5x measured."""
+    out = tmp_path / "priority.json"
+    command = [sys.executable, str(REPO / "benchmarks" / "batches_priority.py"), "--url", str(client.base_url),
+               "--input-root", str(input_root), "--api-key", KEY, "--rounds", "4", "--round-s", "2",
+               "--job-lines", "5000", "--out", str(out)]
+    run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240, check=False)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    print(run.stdout)  # the figures, for -s
+    result = json.loads(out.read_text())
+    assert result["job_running_throughout"] and min(result["job_img_per_s"]) > 0
+    assert result["p99_ratio"] <= 2.5, run.stdout
