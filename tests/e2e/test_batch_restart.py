@@ -9,7 +9,14 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.e2e.batch_client import JSONL, image_lines, jsonl, result_lines, small_images, wait_for_job
+from tests.e2e.batch_client import (
+    JSONL,
+    image_lines,
+    jsonl,
+    result_lines,
+    small_images,
+    wait_for_job,
+)
 from tests.server_process import running_server
 
 pytestmark = pytest.mark.slow
