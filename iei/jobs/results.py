@@ -45,8 +45,8 @@ async def write_parquet(chunks: AsyncIterator[list[JobResult]], path: Path) -> N
                         ("error_type", pa.string()), ("error", pa.string())])
     writer = await asyncio.to_thread(pq.ParquetWriter, str(path), schema)
     try:
-        async for chunk in chunks:
-            await asyncio.to_thread(writer.write_table, _table(chunk, schema))
+        async for chunk in chunks:  # converted and written off the loop: a chunk is up to 1024 vectors
+            await asyncio.to_thread(lambda chunk=chunk: writer.write_table(_table(chunk, schema)))
     finally:
         await asyncio.to_thread(writer.close)
 

@@ -138,7 +138,10 @@ class JobRunner:
                 raise
             finally:
                 self._current = None
-            if not task.cancelled() and isinstance(task.exception(), Unhealthy) and not self._engine.draining:
+            error = None if task.cancelled() else task.exception()
+            if error is not None and not isinstance(error, Unhealthy):
+                log.error("batch job %s stopped unexpectedly", job_id, exc_info=error)
+            if isinstance(error, Unhealthy) and not self._engine.draining:
                 await asyncio.sleep(_RETRY_S)  # e.g. the model process restarting: try again shortly
                 self._queue.put_nowait(job_id)
 
@@ -229,6 +232,9 @@ class _ResultWriter:
         self._flusher = asyncio.get_running_loop().create_task(self._flush_periodically())
 
     def add(self, row: JobResult) -> None:
+        """Raises what stopped the periodic commits (the store failing), so the job fails with it."""
+        if self._flusher.done() and not self._flusher.cancelled() and self._flusher.exception() is not None:
+            raise self._flusher.exception()  # type: ignore[misc]
         self._rows.append(row)
         if len(self._rows) >= _FLUSH_ROWS:
             self._due.set()

@@ -114,13 +114,16 @@ def _json(body: msgspec.Struct, status: int = 200, headers: dict[str, str] | Non
     return Response(content=msgspec.json.encode(body), status_code=status, media_type=JSON, headers=headers)
 
 
+def _render_lines(chunk: list[JobResult]) -> bytes:
+    lines = [BatchResultLine(line.index, embedding=line.embedding) if line.error is None else
+             BatchResultLine(line.index, error=BatchResultError(line.error, line.error_type or "Internal"))
+             for line in as_lines(chunk)]
+    return b"".join(msgspec.json.encode(line) + b"\n" for line in lines)
+
+
 async def _jsonl_lines(chunks: AsyncIterator[list[JobResult]]) -> AsyncIterator[bytes]:
-    encode = msgspec.json.Encoder().encode
-    async for chunk in chunks:
-        lines = [BatchResultLine(line.index, embedding=line.embedding) if line.error is None else
-                 BatchResultLine(line.index, error=BatchResultError(line.error, line.error_type or "Internal"))
-                 for line in as_lines(chunk)]
-        yield b"".join(encode(line) + b"\n" for line in lines)
+    async for chunk in chunks:  # rendered off the loop: a chunk is up to 1024 vectors
+        yield await asyncio.to_thread(_render_lines, chunk)
 
 
 async def _file_then_delete(path: Path) -> AsyncIterator[bytes]:
