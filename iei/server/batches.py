@@ -34,6 +34,7 @@ from iei.server.schemas import (
     BatchProgress,
     BatchResultError,
     BatchResultLine,
+    ErrorBody,
 )
 
 log = logging.getLogger("iei.server")
@@ -163,7 +164,10 @@ async def _parquet_response(runner: JobRunner, job_id: str) -> Response:
 
 # -- handlers -----------------------------------------------------------------------------------
 
-_JOB_RESPONSES = {200: ResponseSpec(data_container=BatchJob, description="the job"), **error_responses()}
+_ERRORS = {**error_responses(), 404: ResponseSpec(data_container=ErrorBody, description="no such batch job"),
+           503: ResponseSpec(data_container=ErrorBody, description="not ready, shutting down, or the job database "
+                                                                   "could not be opened")}
+_JOB_RESPONSES = {200: ResponseSpec(data_container=BatchJob, description="the job"), **_ERRORS}
 
 
 def build_batch_handlers(state: AppState, jobs: BatchJobs) -> list[HTTPRouteHandler]:
@@ -189,7 +193,7 @@ def build_batch_handlers(state: AppState, jobs: BatchJobs) -> list[HTTPRouteHand
                       "--batch-input-root), as application/jsonl (or application/x-ndjson) or as the multipart file "
                       "part `file`; `normalize` and `dimensions` as query parameters or form fields. Answers 202 "
                       "with the queued job at once.",
-          responses={202: ResponseSpec(data_container=BatchJob, description="the queued job"), **error_responses()})
+          responses={202: ResponseSpec(data_container=BatchJob, description="the queued job"), **_ERRORS})
     async def submit(request: Request) -> Response:
         async def work(runner: JobRunner) -> Response:
             body, normalize, dimensions = await _read_job(request)
@@ -199,7 +203,7 @@ def build_batch_handlers(state: AppState, jobs: BatchJobs) -> list[HTTPRouteHand
         return await answer(request, work)
 
     @get("/batches", summary="List batch jobs, newest first",
-         responses={200: ResponseSpec(data_container=BatchList, description="jobs"), **error_responses()})
+         responses={200: ResponseSpec(data_container=BatchList, description="jobs"), **_ERRORS})
     async def list_jobs(request: Request) -> Response:
         async def work(runner: JobRunner) -> Response:
             text = request.query_params.get("limit", "100")
@@ -221,7 +225,7 @@ def build_batch_handlers(state: AppState, jobs: BatchJobs) -> list[HTTPRouteHand
                      "\"error_type\"}}` per finished input. `?format=parquet` (or `Accept: application/vnd.apache.parquet`): "
                      "a Parquet file with columns index, embedding, error_type, error.",
          responses={200: ResponseSpec(data_container=str, media_type=JSONL, description="one JSON object per line"),
-                    **error_responses()})
+                    **_ERRORS, 501: ResponseSpec(data_container=ErrorBody, description="Parquet asked, no pyarrow")})
     async def job_results(request: Request, job_id: str) -> Response:
         async def work(runner: JobRunner) -> Response:
             parquet = _wants_parquet(request)
