@@ -119,7 +119,9 @@ def test_path_inputs_are_read_inside_the_input_root_only(client, input_root):
 def test_cancelling_keeps_finished_results_and_is_idempotent(client):
     images = small_images(50, seed=13)
     job = client.post("/batches", content=jsonl(image_lines(images) * 40), headers=JSONL).json()
-    wait_for_job(client, job["id"], until=lambda j: j["progress"]["done"] > 0)
+    running = wait_for_job(client, job["id"], until=lambda j: j["progress"]["done"] > 0)
+    assert running["status"] == "running" and running["images_per_s"] > 0 and running["eta_s"] > 0
+    assert running["finished_at"] is None and running["started_at"] is not None
     cancelled = client.delete(f"/batches/{job['id']}")
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
     again = client.delete(f"/batches/{job['id']}").json()
