@@ -171,8 +171,12 @@ class PreprocessPool:
             raise
         if self.spec.decode_timeout_s > 0:
             self._watchdog = asyncio.get_running_loop().create_task(self._watch_for_stuck_workers())
-        log.info("preprocessing pool ready: %d workers (pids %s), %d slots of %s", len(self._workers),
-                 " ".join(map(str, self.worker_pids)), self.pixels.shape[0], "x".join(map(str, self.pixels.shape[1:])))
+        online = " ".join(str(w.process.pid) for w in self._workers if not w.background)  # type: ignore[union-attr]
+        background = " ".join(str(w.process.pid) for w in self._workers if w.background)  # type: ignore[union-attr]
+        extra = f" and {self._background_count} background (nice {_BACKGROUND_NICENESS}; pids {background})" \
+            if background else ""
+        log.info("preprocessing pool ready: %d workers (pids %s)%s, %d slots of %s", self._worker_count, online, extra,
+                 self.pixels.shape[0], "x".join(map(str, self.pixels.shape[1:])))
 
     @property
     def worker_pids(self) -> list[int]:
