@@ -6,6 +6,11 @@ A batch closes when it is full, when the model is
 idle (a lone request never waits for the delay), or `max_batch_delay` after its first image was
 queued. While one batch runs, the next is formed and handed over, so the model never waits for the
 batcher ("prefetch one batch"). Images whose caller went away are dropped before inference.
+
+Two lanes: online images, and background-job images (`submit(..., background=True)`). Online images
+are always taken first; job images only fill the room a batch has left, and a batch of job images
+alone goes only to an idle model (never prefetched), so an online image waits behind at most one
+running job batch.
 """
 
 from __future__ import annotations
@@ -64,7 +69,8 @@ class DynamicBatcher:
         self._max_batch_size = max_batch_size
         self._max_delay_s = max_batch_delay_s
         self._observer = observer
-        self._queue: deque[_Entry] = deque()
+        self._queue: deque[_Entry] = deque()  # online images
+        self._background: deque[_Entry] = deque()  # background-job images: the low-priority lane
         self._wakeup = asyncio.Event()  # set on every submit and every finished batch
         self._handed_over = 0  # batches given to the model and not yet finished
         self._task: asyncio.Task | None = None
@@ -83,16 +89,22 @@ class DynamicBatcher:
 
     @property
     def queue_size(self) -> int:
+        """Online images queued (background-job images are counted apart)."""
         return len(self._queue)
 
-    def submit(self, slot: int) -> asyncio.Future:
+    @property
+    def background_queue_size(self) -> int:
+        return len(self._background)
+
+    def submit(self, slot: int, *, background: bool = False) -> asyncio.Future:
         """Queue a filled slot; the slot is now the batcher's. The future resolves to `Embedded`.
-        Cancel the future to drop the image if it has not reached the model yet."""
+        Cancel the future to drop the image if it has not reached the model yet. `background`: the
+        low-priority lane of background jobs."""
         if not self.alive:
             self._release_slot(slot)
             raise Unhealthy("the batcher is not running")
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Entry(slot, future, time.monotonic()))
+        (self._background if background else self._queue).append(_Entry(slot, future, time.monotonic()))
         self._wakeup.set()
         return future
 
@@ -107,7 +119,7 @@ class DynamicBatcher:
     async def _run(self) -> None:
         try:
             while True:
-                await self._wait_until(lambda: self._queue and self._handed_over < _MAX_BATCHES_HANDED_OVER)
+                await self._wait_until(self._may_hand_over)
                 await self._fill_batch()
                 batch = self._take_batch()
                 if batch:
@@ -120,6 +132,12 @@ class DynamicBatcher:
             self.backend_ok = False
             self._fail_queued(Unhealthy("the batcher stopped unexpectedly"))
             raise
+
+    def _may_hand_over(self) -> bool:
+        if self._handed_over >= _MAX_BATCHES_HANDED_OVER:
+            return False
+        # Job images alone wait for an idle model: a prefetched job batch would delay online images.
+        return bool(self._queue) or (bool(self._background) and self._handed_over == 0)
 
     async def _wait_until(self, condition: Callable[[], object], timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -134,7 +152,8 @@ class DynamicBatcher:
                 return
 
     async def _fill_batch(self) -> None:
-        """While the model is busy, give the batch until its delay runs out to fill up."""
+        """While the model is busy, give the batch until its delay runs out to fill up (only online
+        images get here with a busy model)."""
         if self._handed_over == 0:
             return  # idle model: go now
         delay_left = self._queue[0].queued_at + self._max_delay_s - time.monotonic()
@@ -144,13 +163,15 @@ class DynamicBatcher:
             )
 
     def _take_batch(self) -> list[_Entry]:
+        """Online images first; job images fill what room is left."""
         batch: list[_Entry] = []
-        while self._queue and len(batch) < self._max_batch_size:
-            entry = self._queue.popleft()
-            if entry.future.done():  # the caller went away: drop before inference
-                self._release_slot(entry.slot)
-            else:
-                batch.append(entry)
+        for lane in (self._queue, self._background):
+            while lane and len(batch) < self._max_batch_size:
+                entry = lane.popleft()
+                if entry.future.done():  # the caller went away: drop before inference
+                    self._release_slot(entry.slot)
+                else:
+                    batch.append(entry)
         return batch
 
     def _hand_over(self, batch: list[_Entry]) -> None:
@@ -188,8 +209,9 @@ class DynamicBatcher:
             self._observer.on_batch(len(batch), 0.0, False)
 
     def _fail_queued(self, error: Exception) -> None:
-        while self._queue:
-            entry = self._queue.popleft()
-            self._release_slot(entry.slot)
-            if not entry.future.done():
-                entry.future.set_exception(error)
+        for lane in (self._queue, self._background):
+            while lane:
+                entry = lane.popleft()
+                self._release_slot(entry.slot)
+                if not entry.future.done():
+                    entry.future.set_exception(error)

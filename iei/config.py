@@ -106,6 +106,21 @@ class Settings:
                                     env=("IEI_DECODE_TIMEOUT_MS",))
     draft_decode: bool = _opt(True, "Decode large JPEGs at reduced size in the DCT domain before resizing "
                               "(faster; --no-draft-decode for the exact path).", env=("IEI_DRAFT_DECODE",))
+    # Background batch jobs (/batches)
+    batch_jobs: bool = _opt(True, "Accept background batch jobs on /batches (run at lower priority than online "
+                            "requests; kept in --batch-db).", env=("IEI_BATCH_JOBS",))
+    batch_db: str | None = _opt(None, "SQLite file holding batch jobs, their inputs and results; jobs left "
+                                "unfinished are resumed at start. One server per file (default: "
+                                "$HF_HOME/iei/batches.sqlite3, else ~/.cache/iei/batches.sqlite3).",
+                                env=("IEI_BATCH_DB",))
+    batch_input_root: str | None = _opt(None, 'Folder that batch jobs may read images from ({"path": ...} lines, '
+                                        "relative to it; a path resolving outside it fails). Unset: base64 "
+                                        "images only.", env=("IEI_BATCH_INPUT_ROOT",))
+    batch_job_workers: int = _opt(1, "Preprocessing processes that decode batch-job images, at the lowest CPU "
+                                  "priority (nice 19): online requests never wait behind them. More of them use "
+                                  "more of the cores online traffic leaves idle.", env=("IEI_BATCH_JOB_WORKERS",))
+    batch_max_inputs: int = _opt(1_000_000, "Most lines in one batch job (422 above it).",
+                                 env=("IEI_BATCH_MAX_INPUTS",))
     # Logging
     log_format: str = _opt("text", "Log line format.", env=("IEI_LOG_FORMAT", "LOG_FORMAT"), choices=("text", "json"))
     log_level: str = _opt("info", "Log level.", env=("IEI_LOG_LEVEL", "LOG_LEVEL"),
@@ -115,7 +130,8 @@ class Settings:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be between 0 and 65535, got {self.port}")
         positive = ("payload_limit", "max_batch_size", "max_concurrent_requests", "max_client_batch_size",
-                    "max_image_pixels", "url_max_bytes", "url_timeout_ms")
+                    "max_image_pixels", "url_max_bytes", "url_timeout_ms", "batch_max_inputs",
+                    "batch_job_workers")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -146,6 +162,15 @@ class Settings:
             return self.onnx_cache_dir
         hf_home = os.environ.get("HF_HOME")
         return os.path.join(hf_home, "iei", "onnx") if hf_home else os.path.expanduser("~/.cache/iei/onnx")
+
+    @property
+    def batch_db_path(self) -> str:
+        """`batch_db`, or its default under $HF_HOME (else ~/.cache/iei)."""
+        if self.batch_db:
+            return self.batch_db
+        hf_home = os.environ.get("HF_HOME")
+        return os.path.join(hf_home, "iei", "batches.sqlite3") if hf_home else os.path.expanduser(
+            "~/.cache/iei/batches.sqlite3")
 
     @property
     def url_allowlist_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

@@ -83,8 +83,15 @@ def model_plan(settings: Settings) -> ModelPlan:
 
 
 def slots_for(settings: Settings) -> int:
-    """Enough slots for the running batch, the prefetched one, and work queued in every worker."""
-    return 2 * settings.max_batch_size + 4 * settings.workers
+    """Enough slots for the running batch, the prefetched one, work queued in every worker, and the
+    background jobs' images."""
+    return 2 * settings.max_batch_size + 4 * settings.workers + background_slots(settings)
+
+
+def background_slots(settings: Settings) -> int:
+    """Background-job images in flight at once: enough to keep the background workers busy, few
+    enough that job batches stay small (an online image may wait for one). 0 without jobs."""
+    return min(settings.max_batch_size, 4 * settings.batch_job_workers) if settings.batch_jobs else 0
 
 
 def backend_config(settings: Settings, source: ModelSource, spec: PreprocessSpec) -> BackendConfig:
@@ -116,7 +123,8 @@ class EmbeddingEngine:
         self.spec = spec = with_input_limits(spec, settings)
         self.text_spec = text_spec
         self.metrics = Metrics()
-        self.pool = PreprocessPool(spec, workers=settings.workers, slots=slots_for(settings), text_spec=text_spec)
+        self.pool = PreprocessPool(spec, workers=settings.workers, slots=slots_for(settings), text_spec=text_spec,
+                                   background_workers=settings.batch_job_workers if settings.batch_jobs else 0)
         self.batcher = self._new_batcher(model.run, self.pool.release_slot)
         # Texts queue apart from images (a model call is one or the other); token ids hold no slot.
         self.text_batcher = self._new_batcher(self._run_texts, _no_slot) if text_spec is not None else None
@@ -294,6 +302,19 @@ class EmbeddingEngine:
         preprocess_s = time.perf_counter() - start
         return await self.text_batcher.submit(token_ids), preprocess_s  # type: ignore[union-attr]
 
+
+    async def embed_in_background(self, image: ImagePayload) -> np.ndarray:
+        """One image of a background job (`iei.jobs`), at low priority all the way: decoded by the
+        pool's background worker (nice 19; a request never waits behind it) and batched in the
+        batcher's low-priority lane. Not counted against `max_concurrent_requests`: the job runner
+        bounds its own images. Returns the raw float32 (D,) vector. Raises InputError (without an
+        index), BackendFailed, PreprocessWorkerDied or Unhealthy."""
+        if self.draining or not self.ready:
+            raise Unhealthy("the server is shutting down")
+        data, encoding = await self._fetched(image)
+        slot = await self.pool.acquire_slot()
+        await self.pool.prepare(data, encoding, slot, background=True)
+        return (await self.batcher.submit(slot, background=True)).vector
 
     async def _fetched(self, image: ImagePayload) -> tuple[bytes | str, Encoding]:
         """The image itself: a URL input is fetched (before a slot is taken: a slow server must not hold one)."""

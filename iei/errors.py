@@ -56,6 +56,18 @@ class Overloaded(IEIError):
         self.retry_after_s = retry_after_s
 
 
+class NotFound(IEIError):
+    """A batch job id the server does not know."""
+
+    error_type = "NotFound"
+
+
+class NotSupported(IEIError):
+    """A feature this installation lacks (e.g. Parquet output without pyarrow); the message says what to install."""
+
+    error_type = "NotImplemented"
+
+
 class BackendFailed(IEIError):
     """The model failed on the batch this request was in."""
 

@@ -3,9 +3,11 @@ real model cannot be made to show on demand (slowness, failures)."""
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -52,6 +54,7 @@ class FakeBackend:
 @contextmanager
 def serve_engine(backend: FakeBackend, **settings_changes) -> Iterator[str]:
     """Run a real uvicorn server for `backend` on 127.0.0.1 in a thread; yields its base URL."""
+    settings_changes.setdefault("batch_db", str(Path(tempfile.mkdtemp(prefix="iei-fake-")) / "batches.sqlite3"))
     settings = Settings(model="fake", preprocess_workers=1, **settings_changes)
     app = create_app(settings, EmbeddingEngine(settings, ThreadRunner(backend), SPEC))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_config=None))

@@ -39,8 +39,10 @@ def running_server(*args: str, env: dict[str, str] | None = None, log_dir: Path,
     port = free_port()
     log_path = log_dir / f"server-{port}.log"
     # IEI_DEVICE=cpu: the references are CPU float32 vectors, and on a GPU host `auto` would serve float16
-    # (a test's --device flag still wins over the environment).
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "IEI_DEVICE": "cpu", **(env or {})}
+    # (a test's --device flag still wins over the environment). Each server its own batch-job database
+    # (unless the test names one): never the user's, never shared.
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "IEI_DEVICE": "cpu",
+                "IEI_BATCH_DB": str(log_dir / f"batches-{port}.sqlite3"), **(env or {})}
     cmd = [sys.executable, "-m", "iei", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=log_file, stderr=subprocess.STDOUT)

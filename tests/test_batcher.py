@@ -155,3 +155,51 @@ async def test_a_crash_in_the_batcher_fails_all_waiters_instead_of_hanging(monke
     model.gate.set()
     await first
     await batcher.close()
+
+
+async def test_job_images_fill_the_room_online_images_leave_and_are_never_prefetched_alone():
+    model, released = Model(), []
+    batcher = await make(model, released, size=4, delay_s=0.01)
+    model.gate.clear()
+    first = batcher.submit(0, background=True)
+    await wait_for(lambda: len(model.batches) == 1)  # an idle model takes a job image at once
+    jobs = [batcher.submit(s, background=True) for s in (1, 2, 3, 4)]
+    await asyncio.sleep(0.1)
+    assert len(model.batches) == 1 and batcher.background_queue_size == 4  # not prefetched behind the running one
+    online = [batcher.submit(s) for s in (10, 11)]
+    await wait_for(lambda: batcher.background_queue_size == 2)  # online goes now, jobs filling its room
+    assert batcher.queue_size == 0
+    model.gate.set()
+    results = await asyncio.gather(first, *jobs, *online)
+    assert model.batches == [[0], [10, 11, 1, 2], [3, 4]]
+    assert [r.vector[0] for r in results] == [0, 1, 2, 3, 4, 10, 11]
+    await batcher.close()
+
+
+async def test_online_images_overtake_a_queued_job_backlog():
+    model, released = Model(), []
+    batcher = await make(model, released, size=2, delay_s=0.01)
+    model.gate.clear()
+    running = batcher.submit(0, background=True)
+    await wait_for(lambda: len(model.batches) == 1)
+    backlog = [batcher.submit(s, background=True) for s in range(1, 7)]
+    online = batcher.submit(9)
+    model.gate.set()
+    await asyncio.gather(running, online, *backlog)
+    assert model.batches[1] == [9, 1]  # the online image rides the very next batch
+    await batcher.close()
+
+
+async def test_closing_fails_queued_job_images_too():
+    model, released = Model(), []
+    batcher = await make(model, released, size=2)
+    model.gate.clear()
+    running = batcher.submit(0, background=True)
+    await wait_for(lambda: len(model.batches) == 1)
+    queued = batcher.submit(1, background=True)
+    await batcher.close()
+    with pytest.raises(Unhealthy):
+        await queued
+    assert 1 in released
+    model.gate.set()
+    await asyncio.gather(running, return_exceptions=True)

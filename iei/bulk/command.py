@@ -14,7 +14,8 @@ from iei.config import Settings, add_settings_arguments
 log = logging.getLogger("iei.embed")
 
 # Settings of the HTTP server that mean nothing offline.
-SERVER_ONLY_SETTINGS = ("host", "port", "api_key", "payload_limit", "max_concurrent_requests", "max_client_batch_size")
+SERVER_ONLY_SETTINGS = ("host", "port", "api_key", "payload_limit", "max_concurrent_requests", "max_client_batch_size",
+                        "batch_jobs", "batch_db", "batch_input_root", "batch_job_workers", "batch_max_inputs")
 
 
 def _positive(text: str) -> int:

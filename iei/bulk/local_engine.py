@@ -40,6 +40,7 @@ def embed_locally(paths: Sequence[str], settings: Settings, sink: ResultSink, *,
                   dimensions: int | None) -> None:
     """Blocking: load the model, embed every path, stop. Bad files go to `sink.failed`. Raises
     ModelNotFound, BackendError or ValueError if the model cannot be loaded."""
+    settings = settings.replace(batch_jobs=False)  # no server, no background jobs (nor their worker)
     window = slots_for(settings)
     engine = EmbeddingEngine.load(settings.replace(max_concurrent_requests=max(window, settings.max_concurrent_requests)))
     check_dimensions(dimensions, engine.model.info.embedding_dim)

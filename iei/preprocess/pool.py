@@ -6,6 +6,10 @@ and replies with a few bytes. The loop only moves payloads and slot numbers.
 
 Texts (dual encoders) take no slot: `tokenize(text)` returns the worker's token ids.
 
+Background work (batch jobs) goes to its own workers (`background_workers`), which run at the lowest
+CPU priority (nice 19): a request never waits behind a job's image in a worker, and the operating
+system gives the cores to request work first.
+
 Slot lifecycle: `acquire_slot()` -> `prepare(payload, slot)`; on success the caller owns the
 filled slot (and hands it to the batcher, which releases it after inference); on any failure,
 cancellation included, the pool releases the slot as soon as no worker can still write to it.
@@ -36,14 +40,16 @@ log = logging.getLogger("iei.preprocess")
 
 _READY = b"ready"
 _START_TIMEOUT_S = 60.0
+_BACKGROUND_NICENESS = 19
 
 
 class _Worker:
     """One worker process and the tasks it holds. Owned by the pool (event loop)."""
 
-    def __init__(self, pool: "PreprocessPool", index: int) -> None:
+    def __init__(self, pool: "PreprocessPool", index: int, background: bool = False) -> None:
         self.pool = pool
         self.index = index
+        self.background = background  # a batch-job worker, at the lowest CPU priority
         self.process: multiprocessing.process.BaseProcess | None = None
         self.transport: asyncio.Transport | None = None
         # Tasks sent and not answered, in send order: the worker runs them one by one, so the first
@@ -60,7 +66,8 @@ class _Worker:
         parent_conn, child_conn = ctx.Pipe(duplex=True)
         self.process = ctx.Process(
             target=worker_main,
-            args=(child_conn, self.pool.slab_name, self.pool.pixels.shape, self.pool.spec_bytes, self.pool.text_spec_bytes),
+            args=(child_conn, self.pool.slab_name, self.pool.pixels.shape, self.pool.spec_bytes, self.pool.text_spec_bytes,
+                  _BACKGROUND_NICENESS if self.background else 0),
             name=f"iei-preprocess-{self.index}",
             daemon=True,
         )
@@ -109,7 +116,7 @@ class _Worker:
             if future.done():  # abandoned by its caller: nobody writes to the slot any more
                 self.pool.release_slot(task.slot)
             elif position > 0:
-                self.pool.dispatch(task, future)
+                self.pool.dispatch(task, future, background=self.background)
             else:
                 self.pool.release_slot(task.slot)
                 future.set_exception(InputError(decode_timeout_message(self.pool.spec)) if self.stuck else
@@ -132,7 +139,8 @@ class _Worker:
 class PreprocessPool:
     """Decode and resize images in `workers` processes into `slots` shared-memory tensors."""
 
-    def __init__(self, spec: PreprocessSpec, *, workers: int, slots: int, text_spec: TextSpec | None = None) -> None:
+    def __init__(self, spec: PreprocessSpec, *, workers: int, slots: int, text_spec: TextSpec | None = None,
+                 background_workers: int = 0) -> None:
         self.spec = spec
         self.spec_bytes = msgspec.msgpack.encode(spec)
         self.text_spec_bytes = msgspec.msgpack.encode(text_spec) if text_spec is not None else None
@@ -147,13 +155,15 @@ class PreprocessPool:
         self._slot_waiters: deque[asyncio.Future] = deque()
         self._workers: list[_Worker] = []
         self._worker_count = workers
+        self._background_count = background_workers
         self._task_ids = itertools.count()
         self._closing = False
         self._respawns: set[asyncio.Task] = set()
         self._watchdog: asyncio.Task | None = None
 
     async def start(self) -> None:
-        self._workers = [_Worker(self, i) for i in range(self._worker_count)]
+        self._workers = [_Worker(self, i, background=i >= self._worker_count)
+                         for i in range(self._worker_count + self._background_count)]
         try:
             await asyncio.gather(*(w.spawn() for w in self._workers))
         except BaseException:
@@ -161,8 +171,12 @@ class PreprocessPool:
             raise
         if self.spec.decode_timeout_s > 0:
             self._watchdog = asyncio.get_running_loop().create_task(self._watch_for_stuck_workers())
-        log.info("preprocessing pool ready: %d workers (pids %s), %d slots of %s", len(self._workers),
-                 " ".join(map(str, self.worker_pids)), self.pixels.shape[0], "x".join(map(str, self.pixels.shape[1:])))
+        online = " ".join(str(w.process.pid) for w in self._workers if not w.background)  # type: ignore[union-attr]
+        background = " ".join(str(w.process.pid) for w in self._workers if w.background)  # type: ignore[union-attr]
+        extra = f" and {self._background_count} background (nice {_BACKGROUND_NICENESS}; pids {background})" \
+            if background else ""
+        log.info("preprocessing pool ready: %d workers (pids %s)%s, %d slots of %s", self._worker_count, online, extra,
+                 self.pixels.shape[0], "x".join(map(str, self.pixels.shape[1:])))
 
     @property
     def worker_pids(self) -> list[int]:
@@ -194,16 +208,16 @@ class PreprocessPool:
                 return
         self._free_slots.append(slot)
 
-    async def prepare(self, payload: bytes | str, encoding: str, slot: int) -> None:
-        """Fill `slot` with the preprocessed image. Raises InputError or PreprocessWorkerDied
-        (after which the slot is no longer the caller's)."""
+    async def prepare(self, payload: bytes | str, encoding: str, slot: int, *, background: bool = False) -> None:
+        """Fill `slot` with the preprocessed image (`background`: on a background worker if one is
+        alive). Raises InputError or PreprocessWorkerDied (after which the slot is no longer the caller's)."""
         future = asyncio.get_running_loop().create_future()
-        self.dispatch(Task(next(self._task_ids), slot, ENCODINGS.index(encoding), payload), future)
+        self.dispatch(Task(next(self._task_ids), slot, ENCODINGS.index(encoding), payload), future, background=background)
         await future
 
-    def dispatch(self, task: Task, future: asyncio.Future) -> None:
-        """Send `task` to the least busy live worker, or fail `future` and free the slot if none is."""
-        worker = self._pick_worker()
+    def dispatch(self, task: Task, future: asyncio.Future, *, background: bool = False) -> None:
+        """Send `task` to the least busy live worker of its kind, or fail `future` and free the slot if none is."""
+        worker = (background and self._pick_worker(background=True)) or self._pick_worker()
         if worker is None:
             self.release_slot(task.slot)
             future.set_exception(PreprocessWorkerDied("no preprocessing worker is available; retry"))
@@ -217,10 +231,10 @@ class PreprocessPool:
         self.dispatch(Task(next(self._task_ids), NO_SLOT, ENCODINGS.index("text"), text), future)
         return np.frombuffer(await future, dtype=np.int32)
 
-    def _pick_worker(self) -> _Worker | None:
+    def _pick_worker(self, *, background: bool = False) -> _Worker | None:
         best = None
         for worker in self._workers:
-            if worker.alive and (best is None or len(worker.inflight) < len(best.inflight)):
+            if worker.alive and worker.background == background and (best is None or len(worker.inflight) < len(best.inflight)):
                 best = worker
         return best
 
@@ -235,7 +249,7 @@ class PreprocessPool:
 
     async def _respawn(self, index: int) -> None:
         await asyncio.sleep(0.1)  # do not spin if workers die at start
-        replacement = _Worker(self, index)
+        replacement = _Worker(self, index, background=index >= self._worker_count)
         self._workers[index] = replacement
         try:
             await replacement.spawn()

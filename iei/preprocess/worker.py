@@ -10,6 +10,7 @@ Only the small reply crosses the process boundary; the pixels stay in shared mem
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -110,8 +111,11 @@ def run_task(task: Task, spec: PreprocessSpec, slab: np.ndarray, tokenize: Token
 
 
 def worker_main(conn: Connection, slab_name: str, slab_shape: tuple[int, ...], spec_bytes: bytes,
-                text_spec_bytes: bytes | None = None) -> None:
-    """Entry point of a worker process (spawned: no state is inherited from the server)."""
+                text_spec_bytes: bytes | None = None, niceness: int = 0) -> None:
+    """Entry point of a worker process (spawned: no state is inherited from the server). `niceness`
+    above 0 lowers its CPU priority (background-job workers)."""
+    if niceness:
+        os.nice(niceness)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when workers stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # (a terminal's or systemd's signal reaches the whole group)
     signal.signal(signal.SIGALRM, _raise_timed_out)

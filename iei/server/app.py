@@ -14,6 +14,7 @@ from litestar.openapi import OpenAPIConfig
 from iei import __version__
 from iei.config import Settings
 from iei.engine import EmbeddingEngine
+from iei.server.batches import BatchJobs, build_batch_handlers, running_batch_jobs
 from iei.server.errors import ERROR_TYPE_BY_STATUS, HTTPError
 from iei.server.routes import AppState, build_route_handlers
 
@@ -23,6 +24,7 @@ log = logging.getLogger("iei.server")
 def create_app(settings: Settings, engine: EmbeddingEngine | None = None) -> Litestar:
     """Build the app. With `engine` None, the lifespan loads the model (blocking a thread, not the loop)."""
     state = AppState(settings)
+    jobs = BatchJobs()
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -30,13 +32,18 @@ def create_app(settings: Settings, engine: EmbeddingEngine | None = None) -> Lit
         await loaded.start()
         state.engine = loaded
         try:
-            yield
+            if settings.batch_jobs:
+                async with running_batch_jobs(jobs, loaded, settings):
+                    yield
+            else:
+                yield
         finally:
             state.engine = None
             await loaded.stop()
 
+    batch_handlers = build_batch_handlers(state, jobs) if settings.batch_jobs else []
     return Litestar(
-        route_handlers=build_route_handlers(state),
+        route_handlers=build_route_handlers(state) + batch_handlers,
         lifespan=[lifespan],
         exception_handlers={HTTPException: _http_exception, Exception: _unexpected},
         request_max_body_size=settings.payload_limit,

@@ -18,6 +18,7 @@ STATUS_BY_ERROR_TYPE: dict[str, int] = {
     "Backend": 424,
     "Overloaded": 429,
     "Internal": 500,
+    "NotImplemented": 501,
     "Unhealthy": 503,
     "DeadlineExceeded": 504,
 }

@@ -60,7 +60,7 @@ async def read_embed_inputs(request: Request) -> EmbedInputs:
     if media == "multipart/form-data":
         return await _read_multipart(request)
     if media.startswith("image/") or media in RAW_TYPES:
-        normalize, dimensions = _options(request.query_params, {})
+        normalize, dimensions = read_options(request.query_params, {})
         return EmbedInputs([ImagePayload(await request.body(), "raw")], normalize, dimensions)
     raise UnsupportedMediaType(
         f"unsupported Content-Type {media!r}: send application/json, multipart/form-data, or a raw image body "
@@ -88,11 +88,11 @@ async def _read_multipart(request: Request) -> EmbedInputs:
             images.append(ImagePayload(await value.read(), "raw"))
         else:
             fields[name] = value
-    normalize, dimensions = _options(request.query_params, fields)
+    normalize, dimensions = read_options(request.query_params, fields)
     return EmbedInputs(images, normalize, dimensions)
 
 
-def _options(query, fields: dict[str, str]) -> tuple[bool, int | None]:
+def read_options(query, fields: dict[str, str]) -> tuple[bool, int | None]:
     """`normalize` and `dimensions` from form fields, else query parameters."""
     normalize_text = fields.get("normalize", query.get("normalize"))
     dimensions_text = fields.get("dimensions", query.get("dimensions"))

@@ -139,7 +139,7 @@ async def _before(deadline: float | None, work: Awaitable[EmbedResult]) -> Embed
                                "(x-request-timeout-ms or request_timeout_ms)") from None
 
 
-def _classify(error: Exception, request_id: str, payload_limit: int) -> HTTPError:
+def classify_error(error: Exception, request_id: str, payload_limit: int) -> HTTPError:
     if isinstance(error, IEIError):
         return HTTPError.from_error(error)
     if isinstance(error, HTTPException):  # raised by Litestar while reading the body
@@ -175,7 +175,7 @@ async def _serve(state: AppState, request: Request, route: str, read: Reader, re
     except ClientGone:
         status, body, headers, outcome = 499, b"", {}, "ClientGone"
     except Exception as e:  # every error leaves as JSON; text of unexpected ones stays in the log
-        error = _classify(e, request_id, state.settings.payload_limit)
+        error = classify_error(e, request_id, state.settings.payload_limit)
         status, body, headers, outcome = error.status, render_error(error), error.headers, error.error_type
     total_s = time.perf_counter() - start
     headers.update(_timing_headers(total_s, result))

@@ -110,3 +110,47 @@ class Info(msgspec.Struct):
     decode_timeout_ms: float = 0.0
     request_timeout_ms: float = 0.0  # default deadline; 0: none
     allow_url_inputs: bool = False
+
+
+# -- background batch jobs (/batches) ----------------------------------------------------------
+
+BatchStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+
+
+class BatchProgress(msgspec.Struct):
+    total: int  # inputs in the job
+    done: int  # inputs with a result (a vector or an error)
+    errors: int  # of which errors
+
+
+class BatchJob(msgspec.Struct):
+    """A batch job's state (POST /batches, GET /batches/{id}, DELETE /batches/{id})."""
+
+    id: str
+    status: BatchStatus
+    progress: BatchProgress
+    images_per_s: float | None  # over the current run (or the whole run once finished)
+    eta_s: float | None  # seconds left at that rate, while queued or running
+    normalize: bool
+    dimensions: int | None
+    created_at: float  # Unix time, seconds
+    started_at: float | None
+    finished_at: float | None
+    results_url: str
+
+
+class BatchList(msgspec.Struct):
+    data: list[BatchJob]  # newest first
+
+
+class BatchResultError(msgspec.Struct):
+    message: str
+    error_type: str
+
+
+class BatchResultLine(msgspec.Struct, omit_defaults=True):
+    """One line of GET /batches/{id}/results: `embedding` or `error`."""
+
+    index: int
+    embedding: list[float] | None = None
+    error: BatchResultError | None = None

@@ -158,3 +158,27 @@ async def test_a_stuck_worker_is_killed_by_the_watchdog_and_only_its_image_fails
         assert victim not in pool.worker_pids and pool.free_slots == 4
     finally:
         await pool.close()
+
+
+async def test_background_work_goes_to_the_low_priority_worker_only():
+    pool = PreprocessPool(SPEC, workers=1, slots=4, background_workers=1)
+    await pool.start()
+    try:
+        online, background = pool._workers
+        assert os.getpriority(os.PRIO_PROCESS, background.process.pid) == 19
+        assert os.getpriority(os.PRIO_PROCESS, online.process.pid) == os.getpriority(os.PRIO_PROCESS, 0)
+        slots = [await pool.acquire_slot() for _ in range(4)]
+        work = [asyncio.ensure_future(pool.prepare(png(), "raw", s, background=i % 2 == 0)) for i, s in enumerate(slots)]
+        await asyncio.sleep(0)  # every task is dispatched
+        assert (len(online.inflight), len(background.inflight)) == (2, 2)
+        await asyncio.gather(*work)
+        for slot in slots:
+            np.testing.assert_array_equal(pool.pixels[slot], prepare_pixels(png(), SPEC))
+            pool.release_slot(slot)
+        os.kill(background.process.pid, signal.SIGKILL)  # while it is being replaced, background work still runs
+        await asyncio.sleep(0.05)
+        slot = await pool.acquire_slot()
+        await pool.prepare(png(), "raw", slot, background=True)
+        pool.release_slot(slot)
+    finally:
+        await pool.close()
