@@ -7,10 +7,10 @@ idle (a lone request never waits for the delay), or `max_batch_delay` after its 
 queued. While one batch runs, the next is formed and handed over, so the model never waits for the
 batcher ("prefetch one batch"). Images whose caller went away are dropped before inference.
 
-Two lanes: online images, and background-job images (`submit(..., background=True)`). Online images
-are always taken first; job images only fill the room a batch has left, and a batch of job images
-alone goes only to an idle model (never prefetched), so an online image waits behind at most one
-running job batch.
+Two lanes: online images, and background-job images (`submit(..., background=True)`). A batch is
+online images only, or job images only while no request is in flight (`set_online_busy`); a job batch
+goes only to an idle model (never prefetched), so an online image waits behind at most one running
+job batch, started before the request arrived.
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ class DynamicBatcher:
         self._background: deque[_Entry] = deque()  # background-job images: the low-priority lane
         self._wakeup = asyncio.Event()  # set on every submit and every finished batch
         self._handed_over = 0  # batches given to the model and not yet finished
+        self._online_busy = False  # requests in flight (maybe still decoding): job batches wait
         self._task: asyncio.Task | None = None
         self._failure: BaseException | None = None
         #: False after a batch failed, True again after one succeeds.
@@ -95,6 +96,12 @@ class DynamicBatcher:
     @property
     def background_queue_size(self) -> int:
         return len(self._background)
+
+    def set_online_busy(self, busy: bool) -> None:
+        """The engine says whether requests are in flight; job batches go only while none are (an
+        online image still decoding would otherwise find the model busy with a job batch)."""
+        self._online_busy = busy
+        self._wakeup.set()
 
     def submit(self, slot: int, *, background: bool = False) -> asyncio.Future:
         """Queue a filled slot; the slot is now the batcher's. The future resolves to `Embedded`.
@@ -137,7 +144,7 @@ class DynamicBatcher:
         if self._handed_over >= _MAX_BATCHES_HANDED_OVER:
             return False
         # Job images alone wait for an idle model: a prefetched job batch would delay online images.
-        return bool(self._queue) or (bool(self._background) and self._handed_over == 0)
+        return bool(self._queue) or (bool(self._background) and self._handed_over == 0 and not self._online_busy)
 
     async def _wait_until(self, condition: Callable[[], object], timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -163,15 +170,18 @@ class DynamicBatcher:
             )
 
     def _take_batch(self) -> list[_Entry]:
-        """Online images first; job images fill what room is left."""
+        """Online images; job images only when none are queued (riding along, they would make the
+        online batch slower)."""
+        return self._take_from(self._queue) or ([] if self._online_busy else self._take_from(self._background))
+
+    def _take_from(self, lane: deque[_Entry]) -> list[_Entry]:
         batch: list[_Entry] = []
-        for lane in (self._queue, self._background):
-            while lane and len(batch) < self._max_batch_size:
-                entry = lane.popleft()
-                if entry.future.done():  # the caller went away: drop before inference
-                    self._release_slot(entry.slot)
-                else:
-                    batch.append(entry)
+        while lane and len(batch) < self._max_batch_size:
+            entry = lane.popleft()
+            if entry.future.done():  # the caller went away: drop before inference
+                self._release_slot(entry.slot)
+            else:
+                batch.append(entry)
         return batch
 
     def _hand_over(self, batch: list[_Entry]) -> None:

@@ -117,8 +117,8 @@ class Settings:
                                         "relative to it; a path resolving outside it fails). Unset: base64 "
                                         "images only.", env=("IEI_BATCH_INPUT_ROOT",))
     batch_job_workers: int = _opt(1, "Preprocessing processes that decode batch-job images, at the lowest CPU "
-                                  "priority (nice 19): online requests never wait behind them. More of them use "
-                                  "more of the cores online traffic leaves idle.", env=("IEI_BATCH_JOB_WORKERS",))
+                                  "priority (nice 19): online requests never wait behind them. Each lets 2 more job images "
+                                  "be in flight (bigger job batches: raise it on a GPU).", env=("IEI_BATCH_JOB_WORKERS",))
     batch_max_inputs: int = _opt(1_000_000, "Most lines in one batch job (422 above it).",
                                  env=("IEI_BATCH_MAX_INPUTS",))
     # Logging

@@ -91,7 +91,7 @@ def slots_for(settings: Settings) -> int:
 def background_slots(settings: Settings) -> int:
     """Background-job images in flight at once: enough to keep the background workers busy, few
     enough that job batches stay small (an online image may wait for one). 0 without jobs."""
-    return min(settings.max_batch_size, 4 * settings.batch_job_workers) if settings.batch_jobs else 0
+    return min(settings.max_batch_size, 2 * settings.batch_job_workers) if settings.batch_jobs else 0
 
 
 def backend_config(settings: Settings, source: ModelSource, spec: PreprocessSpec) -> BackendConfig:
@@ -131,6 +131,8 @@ class EmbeddingEngine:
         self.fetcher = UrlFetcher(allowlist=settings.url_allowlist_networks, max_bytes=settings.url_max_bytes,
                                   timeout_s=settings.url_timeout_ms / 1000) if settings.allow_url_inputs else None
         self.inflight_images = 0  # admitted and not yet answered
+        self.online_idle = asyncio.Event()  # set while no request is in flight: background jobs run then
+        self.online_idle.set()
         self.ready = False
         self.draining = False  # shutting down: admit nothing new, finish what is admitted
         self._probe: asyncio.Future | None = None
@@ -264,6 +266,9 @@ class EmbeddingEngine:
                 results = await _all_or_nothing([embed_one(item, i, field, start) for i, item in enumerate(items)])
         finally:
             self.inflight_images -= len(items)
+            if self.inflight_images == 0:
+                self.online_idle.set()
+                self.batcher.set_online_busy(False)
         vectors = finish_vectors(np.stack([r[0].vector for r in results]), normalize, dimensions)
         timings = Timings(
             max(r[1] for r in results),
@@ -282,6 +287,8 @@ class EmbeddingEngine:
         if not self.ready:
             raise Unhealthy("the model is not ready")
         self.inflight_images += count
+        self.online_idle.clear()
+        self.batcher.set_online_busy(True)
 
     async def _embed_one(self, image: ImagePayload, index: int, field: str, start: float) -> tuple[Embedded, float]:
         try:

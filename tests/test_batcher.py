@@ -157,7 +157,7 @@ async def test_a_crash_in_the_batcher_fails_all_waiters_instead_of_hanging(monke
     await batcher.close()
 
 
-async def test_job_images_fill_the_room_online_images_leave_and_are_never_prefetched_alone():
+async def test_job_images_never_ride_with_online_ones_and_are_never_prefetched_alone():
     model, released = Model(), []
     batcher = await make(model, released, size=4, delay_s=0.01)
     model.gate.clear()
@@ -167,11 +167,11 @@ async def test_job_images_fill_the_room_online_images_leave_and_are_never_prefet
     await asyncio.sleep(0.1)
     assert len(model.batches) == 1 and batcher.background_queue_size == 4  # not prefetched behind the running one
     online = [batcher.submit(s) for s in (10, 11)]
-    await wait_for(lambda: batcher.background_queue_size == 2)  # online goes now, jobs filling its room
-    assert batcher.queue_size == 0
+    await wait_for(lambda: batcher.queue_size == 0)  # online goes now (prefetched), alone
+    assert batcher.background_queue_size == 4
     model.gate.set()
     results = await asyncio.gather(first, *jobs, *online)
-    assert model.batches == [[0], [10, 11, 1, 2], [3, 4]]
+    assert model.batches == [[0], [10, 11], [1, 2, 3, 4]]
     assert [r.vector[0] for r in results] == [0, 1, 2, 3, 4, 10, 11]
     await batcher.close()
 
@@ -186,7 +186,7 @@ async def test_online_images_overtake_a_queued_job_backlog():
     online = batcher.submit(9)
     model.gate.set()
     await asyncio.gather(running, online, *backlog)
-    assert model.batches[1] == [9, 1]  # the online image rides the very next batch
+    assert model.batches[1] == [9]  # the online image goes in the very next batch, without job images
     await batcher.close()
 
 
@@ -203,3 +203,15 @@ async def test_closing_fails_queued_job_images_too():
     assert 1 in released
     model.gate.set()
     await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_job_images_wait_while_requests_are_in_flight():
+    model, released = Model(), []
+    batcher = await make(model, released, size=4, delay_s=0.01)
+    batcher.set_online_busy(True)  # a request is decoding: the model must stay free for it
+    job = batcher.submit(1, background=True)
+    await asyncio.sleep(0.1)
+    assert model.batches == [] and batcher.background_queue_size == 1
+    batcher.set_online_busy(False)
+    assert (await job).vector[0] == 1 and model.batches == [[1]]
+    await batcher.close()

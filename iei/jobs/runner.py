@@ -1,8 +1,9 @@
 """JobRunner: runs stored batch jobs one at a time, oldest first, through the engine's low-priority lane.
 
 Online requests come first, at every stage a job image passes through:
-- the batcher takes online images first; job images only fill the room a batch has left, and a
-  batch of job images alone goes only to an idle model (`DynamicBatcher`'s background lane);
+- a job image starts only while no request is in flight (`online_idle`), and the batcher sends job
+  images to the model only while none is, in batches of their own, to an idle model
+  (`DynamicBatcher`'s background lane);
 - job images are decoded by the pool's background workers (`--batch-job-workers`, nice 19): a
   request never waits behind a job image in a worker, and the OS gives the cores to request work first;
 - only a few job images (`background_slots`) hold a slab slot at once, so job batches stay small and
@@ -183,6 +184,7 @@ class JobRunner:
                 after = chunk[-1].index
                 for item in chunk:
                     await self._holding_slots.acquire()
+                    await self._engine.online_idle.wait()  # a job image starts only between requests
                     if failure:
                         self._holding_slots.release()
                         raise failure[0]
