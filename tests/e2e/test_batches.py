@@ -169,19 +169,24 @@ def test_batch_routes_need_the_api_key(client):
 
 
 @pytest.mark.slow
-def test_online_latency_barely_moves_while_a_job_runs(client, input_root, tmp_path):
+def test_online_p99_stays_within_1_5x_while_a_job_runs(client, input_root, tmp_path):
     """benchmarks/batches_priority.py against this server: alternating rounds without and with a job
-    running the whole round, online p99 compared as the median of the per-round p99s. Its strict
-    check (within 1.5x) is too tight to assert on a shared 2-core host, where the measured ratio
-    ranges 1.1-1.9x (benchmarks/results/batches_priority.md); asserted here is 2.5x, which job work
-    at the online priority (sharing the online workers, full-size batches) exceeded: 3-5x measured."""
-    out = tmp_path / "priority.json"
-    command = [sys.executable, str(REPO / "benchmarks" / "batches_priority.py"), "--url", str(client.base_url),
-               "--input-root", str(input_root), "--api-key", KEY, "--rounds", "4", "--round-s", "2",
-               "--job-lines", "5000", "--out", str(out)]
-    run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240, check=False)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    print(run.stdout)  # the figures, for -s
-    result = json.loads(out.read_text())
-    assert result["job_running_throughout"] and min(result["job_img_per_s"]) > 0
-    assert result["p99_ratio"] <= 2.5, run.stdout
+    running the whole round, online p99 compared as the median of the per-round p99s, which must stay
+    within 1.5x. One measurement on the shared 2-core host swings by a few tenths, so up to three are
+    taken and one must hold; a design that misses the bound misses it every time (job images riding
+    online batches: 1.9x on a quiet host; sharing the online workers: 3-5x)."""
+    ratios = []
+    for attempt in range(3):
+        out = tmp_path / f"priority-{attempt}.json"
+        command = [sys.executable, str(REPO / "benchmarks" / "batches_priority.py"), "--url", str(client.base_url),
+                   "--input-root", str(input_root), "--api-key", KEY, "--rounds", "4", "--round-s", "2",
+                   "--job-lines", "5000", "--out", str(out)]
+        run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240, check=False)
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+        print(run.stdout)  # the figures, for -s
+        result = json.loads(out.read_text())
+        assert result["job_running_throughout"] and min(result["job_img_per_s"]) > 0
+        ratios.append(result["p99_ratio"])
+        if result["p99_ratio"] <= 1.5:
+            return
+    pytest.fail(f"online p99 with a job / without: {ratios} (all above 1.5)")
