@@ -11,3 +11,6 @@ bash benchmarks/baselines/install.sh --infinity && "$PY" benchmarks/serving_benc
 "$PY" benchmarks/compute_efficiency.py
 "$PY" benchmarks/overhead_bench.py --runs 3 --duration 8 --profile-seconds 8
 "$PY" benchmarks/sweep.py --model tiny --concurrency 4,32 --duration 2 --rounds 3
+"$PY" benchmarks/bulk_bench.py
+"$PY" benchmarks/batches_priority.py
+"$PY" benchmarks/soak/rss_probe.py --model benchmarks/.cache/models/vit-tiny --passes 5 --out benchmarks/results/soak_rss
