@@ -267,8 +267,7 @@ class EmbeddingEngine:
         finally:
             self.inflight_images -= len(items)
             if self.inflight_images == 0:
-                self.online_idle.set()
-                self.batcher.set_online_busy(False)
+                self._set_online_busy(False)
         vectors = finish_vectors(np.stack([r[0].vector for r in results]), normalize, dimensions)
         timings = Timings(
             max(r[1] for r in results),
@@ -286,9 +285,17 @@ class EmbeddingEngine:
             raise Unhealthy("the server is shutting down; retry")
         if not self.ready:
             raise Unhealthy("the model is not ready")
+        if self.inflight_images == 0:
+            self._set_online_busy(True)
         self.inflight_images += count
-        self.online_idle.clear()
-        self.batcher.set_online_busy(True)
+
+    def _set_online_busy(self, busy: bool) -> None:
+        """Requests in flight or not: background jobs start images (runner) and batches (batcher) only when not."""
+        if busy:
+            self.online_idle.clear()
+        else:
+            self.online_idle.set()
+        self.batcher.set_online_busy(busy)
 
     async def _embed_one(self, image: ImagePayload, index: int, field: str, start: float) -> tuple[Embedded, float]:
         try:
