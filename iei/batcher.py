@@ -5,7 +5,9 @@ Batches go to a model runner (`iei.model_runner`): the model process, or one ded
 A batch closes when it is full, when the model is
 idle (a lone request never waits for the delay), or `max_batch_delay` after its first image was
 queued. While one batch runs, the next is formed and handed over, so the model never waits for the
-batcher ("prefetch one batch"). Images whose caller went away are dropped before inference.
+batcher ("prefetch one batch"); when the running batch will still take longer than the delay (a slow
+model), the next one keeps filling until shortly before it is expected to end (`_HANDOVER_LEAD`), as
+its images could not start sooner anyway. Images whose caller went away are dropped before inference.
 
 Two lanes: online images, and background-job images (`submit(..., background=True)`). A batch is
 online images only, or job images only while no request is in flight (`set_online_busy`); a job batch
@@ -28,6 +30,10 @@ from iei.errors import BackendFailed, Unhealthy
 log = logging.getLogger("iei.batcher")
 
 _MAX_BATCHES_HANDED_OVER = 2  # the running batch plus the one prefetched behind it
+# A prefetched batch is handed over this long (or this share of the running batch's expected time,
+# whichever is more) before the running batch should end: room for the pipe and a late estimate.
+_HANDOVER_LEAD_S, _HANDOVER_LEAD_SHARE = 0.002, 0.1
+_DURATION_EWMA_WEIGHT = 0.3  # of the newest batch in the seconds-per-image estimate
 
 
 class Embedded(NamedTuple):
@@ -73,6 +79,9 @@ class DynamicBatcher:
         self._background: deque[_Entry] = deque()  # background-job images: the low-priority lane
         self._wakeup = asyncio.Event()  # set on every submit and every finished batch
         self._handed_over = 0  # batches given to the model and not yet finished
+        self._handed_sizes: deque[int] = deque()  # their sizes, the running one first
+        self._running_since = 0.0  # when the running batch started (as the event loop sees it)
+        self._seconds_per_image: float | None = None  # EWMA over finished batches
         self._online_busy = False  # requests in flight (maybe still decoding): job batches wait
         self._task: asyncio.Task | None = None
         self._failure: BaseException | None = None
@@ -159,15 +168,22 @@ class DynamicBatcher:
                 return
 
     async def _fill_batch(self) -> None:
-        """While the model is busy, give the batch until its delay runs out to fill up (only online
-        images get here with a busy model)."""
+        """While the model is busy, let the batch fill up until its delay runs out, or until just
+        before the running batch should end if that is later (only online images get here with a
+        busy model). It goes at once when it is full or the model turns idle."""
         if self._handed_over == 0:
             return  # idle model: go now
-        delay_left = self._queue[0].queued_at + self._max_delay_s - time.monotonic()
-        if delay_left > 0:
-            await self._wait_until(
-                lambda: len(self._queue) >= self._max_batch_size or self._handed_over == 0, delay_left
-            )
+        close_at = max(self._queue[0].queued_at + self._max_delay_s, self._handover_due())
+        wait_s = close_at - time.monotonic()
+        if wait_s > 0:
+            await self._wait_until(lambda: len(self._queue) >= self._max_batch_size or self._handed_over == 0, wait_s)
+
+    def _handover_due(self) -> float:
+        """When the next batch should be handed over: a lead before the running batch's expected end."""
+        if self._seconds_per_image is None or not self._handed_sizes:
+            return 0.0
+        expected_s = self._seconds_per_image * self._handed_sizes[0]
+        return self._running_since + expected_s - max(_HANDOVER_LEAD_S, _HANDOVER_LEAD_SHARE * expected_s)
 
     def _take_batch(self) -> list[_Entry]:
         """Online images; job images only when none are queued (riding along, they would make the
@@ -185,13 +201,17 @@ class DynamicBatcher:
         return batch
 
     def _hand_over(self, batch: list[_Entry]) -> None:
+        if self._handed_over == 0:
+            self._running_since = time.monotonic()
         self._handed_over += 1
+        self._handed_sizes.append(len(batch))
         running = self._run_batch([entry.slot for entry in batch])
         running.add_done_callback(lambda done: self._scatter(batch, done))
 
     def _scatter(self, batch: list[_Entry], done: asyncio.Future) -> None:
         """Deliver each row to its caller, in order, and free the slots (the model is done with them)."""
         self._handed_over -= 1
+        self._time_finished_batch(self._handed_sizes.popleft())
         self._wakeup.set()
         for entry in batch:
             self._release_slot(entry.slot)
@@ -206,6 +226,15 @@ class DynamicBatcher:
                 entry.future.set_result(Embedded(vectors[row], started_at - entry.queued_at, inference_s))
         if self._observer is not None:
             self._observer.on_batch(len(batch), inference_s, True)
+
+    def _time_finished_batch(self, size: int) -> None:
+        """Update the seconds-per-image estimate; the batch handed over behind it starts now."""
+        now = time.monotonic()
+        sample = (now - self._running_since) / max(size, 1)
+        previous = self._seconds_per_image
+        self._seconds_per_image = sample if previous is None else \
+            previous + _DURATION_EWMA_WEIGHT * (sample - previous)
+        self._running_since = now
 
     def _fail_batch(self, batch: list[_Entry], error: BaseException | None) -> None:
         self.backend_ok = False

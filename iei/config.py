@@ -85,8 +85,8 @@ class Settings:
     # Batching and admission
     max_batch_size: int = _opt(32, "Largest batch of images sent to the model at once.",
                                env=("IEI_MAX_BATCH_SIZE", "MAX_BATCH_SIZE"))
-    max_batch_delay_ms: float = _opt(2.0, "How long a batch may wait for more images while the model is busy (ms). "
-                                     "An idle model never waits.", env=("IEI_MAX_BATCH_DELAY_MS",))
+    max_batch_delay_ms: float = _opt(2.0, "How long a batch may wait for more images while the model is busy (ms); "
+                                     "longer while the running batch will take longer. An idle model never waits.", env=("IEI_MAX_BATCH_DELAY_MS",))
     max_concurrent_requests: int = _opt(512, "Images admitted at once across all requests; beyond it, 429.",
                                         env=("IEI_MAX_CONCURRENT_REQUESTS", "MAX_CONCURRENT_REQUESTS"))
     max_client_batch_size: int = _opt(64, "Most images in one request (422 above it).",

@@ -26,11 +26,13 @@ class Model:
         self.gate = threading.Event()
         self.gate.set()
         self.fail = False
+        self.seconds_per_batch = 0.0
 
     def embed_images(self, pixels: np.ndarray) -> np.ndarray:
         slots = [int(p[0]) for p in pixels]
         self.batches.append(slots)
         self.gate.wait(10)
+        time.sleep(self.seconds_per_batch)
         if self.fail:
             raise BackendError("boom")
         return np.array([[s, s] for s in slots], dtype=np.float32)
@@ -98,6 +100,22 @@ async def test_delay_closes_a_partial_batch_while_the_model_is_busy():
     model.gate.set()
     await asyncio.gather(first, *second)
     assert model.batches == [[0], [1, 2]]
+    await batcher.close()
+
+
+async def test_with_a_slow_model_the_next_batch_fills_until_the_running_one_is_about_to_end():
+    model, released = Model(), []
+    batcher = await make(model, released, size=8, delay_s=0.01)
+    model.seconds_per_batch = 0.4
+    await batcher.submit(0)  # teaches the batcher that an image takes ~0.4 s
+    first = batcher.submit(1)
+    await wait_for(lambda: len(model.batches) == 2)
+    late = [batcher.submit(2), batcher.submit(3)]
+    await asyncio.sleep(0.15)  # far past the 10 ms delay, well before the running batch ends
+    assert batcher.queue_size == 2
+    late.append(batcher.submit(4))
+    await asyncio.gather(first, *late)
+    assert model.batches == [[0], [1], [2, 3, 4]]  # with the delay alone: [2, 3] then [4]
     await batcher.close()
 
 
