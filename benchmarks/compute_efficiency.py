@@ -10,8 +10,9 @@ one ratio; the report is the median ratio.
               server's model process by `iei.engine.backend_config`) runs batches of the best batch
               size on uint8 pixels for S seconds, while the idle server uses no CPU;
   end to end  wrk keeps C connections posting one 1024x768 JPEG each to `iei serve` (started with
-              --max-batch-size = that batch size); the rate is read from the server's
-              `iei_images_embedded_total` between two scrapes S seconds apart, after the pipeline has
+              --max-batch-size = that batch size, at most C/2 so that a batch can fill behind the
+              running one); the rate is read from the server's `iei_images_embedded_total` from its
+              first whole batch to its last change in an S-second window, after the pipeline has
               filled. Every embedded image is answered, so this is the steady-state e2e rate.
 
 Between windows wrk is stopped and the server is let drain (`iei_inflight_images` = 0), so the two
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import http.client
 import json
 import os
 import re
@@ -103,18 +105,56 @@ class ForeignCpu:
         return max(0.0, (_system_busy_s() - self.busy0) - (self._ours() - self.ours0)) / wall
 
 
+class CounterPoller:
+    """Reads `iei_images_embedded_total` over one kept-alive connection. Each scrape costs the server
+    about 1.5 CPU-ms (3 with a new connection), so the window polls densely only at its two edges."""
+
+    def __init__(self, server: Server) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+
+    def count(self) -> float:
+        try:
+            text = self._get()
+        except (http.client.RemoteDisconnected, ConnectionError):  # the server closes idle keep-alives
+            self.conn.close()
+            text = self._get()
+        return float(re.search(r"^iei_images_embedded_total ([0-9.eE+-]+)$", text, re.MULTILINE).group(1))
+
+    def _get(self) -> str:
+        self.conn.request("GET", "/metrics")
+        return self.conn.getresponse().read().decode()
+
+    def changes(self, until: float, stop_after: int = 0, interval: float = 0.05) -> list[tuple[float, float]]:
+        """(time, count) at each change seen until `until` (or after `stop_after` changes)."""
+        points, last = [], self.count()
+        while time.monotonic() < until and not (stop_after and len(points) >= stop_after):
+            time.sleep(interval)
+            count = self.count()
+            if count != last:
+                points.append((time.monotonic(), count))
+                last = count
+        return points
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 def _embedded_timeline(server: Server, fill_s: float, seconds: float) -> list[tuple[float, float]]:
-    """(time, images embedded) at each change of the counter, polled every 50 ms, from `fill_s`
-    after the call for `seconds`: rates from counter changes are exact to a batch boundary."""
+    """Counter changes at the two edges of a `seconds` window that starts `fill_s` after the call:
+    the first two changes (the second is the first whole batch), then every change in the last
+    2.5 batch intervals (at least a quarter of the window). A rate between two changes is exact to a batch boundary."""
     time.sleep(fill_s)
-    end, points, last = time.monotonic() + seconds, [], None
-    while time.monotonic() < end:
-        count = scrape(server)["iei_images_embedded_total"]
-        if count != last:
-            points.append((time.monotonic(), count))
-            last = count
-        time.sleep(0.05)
-    return points
+    poller = CounterPoller(server)
+    try:
+        end = time.monotonic() + seconds
+        head = poller.changes(end, stop_after=2)
+        if len(head) < 2:
+            return head
+        tail_s = max(2.5 * (head[1][0] - head[0][0]), seconds / 4)  # the first interval may be a short batch
+        time.sleep(max(0.0, end - tail_s - time.monotonic()))
+        return head + poller.changes(end)
+    finally:
+        poller.close()
 
 
 def end_to_end_window(server: Server, body_path: Path, connections: int, fill_s: float, seconds: float,
@@ -169,9 +209,13 @@ def run_config(name: str, args) -> dict[str, Any]:
         sweep = quiet_sweep(inproc, args)
         sweep_median = {b: statistics.median(v) for b, v in sweep.items()}
         best = max(sweep_median, key=sweep_median.get)
-        print("  " + ", ".join(f"b{b}={v:.2f}" for b, v in sweep_median.items()) + f" -> best batch {best}", flush=True)
+        # The server's batch leaves room for a second one to fill behind it (prefetch): with C clients
+        # and a batch of C, every batch would wait for the last one's answers to come back as new requests.
+        server_batch = max(1, min(best, args.connections // 2))
+        print("  " + ", ".join(f"b{b}={v:.2f}" for b, v in sweep_median.items())
+              + f" -> best batch {best}; server --max-batch-size {server_batch}", flush=True)
         port = free_port()
-        cmd = [sys.executable, "-m", "iei", "serve", *serve_args, "--max-batch-size", str(best),
+        cmd = [sys.executable, "-m", "iei", "serve", *serve_args, "--max-batch-size", str(server_batch),
                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
         body = json.dumps({"inputs": [base64.b64encode(image_file(args.image).read_bytes()).decode()]}).encode()
         server = Server(f"iei-{name}", cmd, {}, port, "/embed", body, lambda r: r[0])
@@ -181,7 +225,7 @@ def run_config(name: str, args) -> dict[str, Any]:
         body_path.parent.mkdir(parents=True, exist_ok=True)
         body_path.write_bytes(body)
         fill = args.fill_seconds
-        end_to_end_window(server, body_path, args.connections, fill, max(3.0, args.seconds / 3))  # warm-up
+        end_to_end_window(server, body_path, args.connections, fill, args.seconds)  # warm-up
         foreign = ForeignCpu(inproc.proc.pid, server)
         rounds, redone = [], 0
         while len(rounds) < args.rounds:
@@ -209,7 +253,7 @@ def run_config(name: str, args) -> dict[str, Any]:
             rounds.append(r)
         return {"serve_args": [str(a) for a in serve_args], "server_command": server.command_line(),
                 "sweep": {str(b): [round(x, 3) for x in v] for b, v in sweep.items()},
-                "sweep_median": {str(b): round(v, 3) for b, v in sweep_median.items()}, "best_batch_size": best,
+                "sweep_median": {str(b): round(v, 3) for b, v in sweep_median.items()}, "best_batch_size": best, "server_batch_size": server_batch,
                 "rounds": rounds, "redone_noisy_rounds": redone,
                 "median_in_process": round(statistics.median(r["in_process"] for r in rounds), 3),
                 "median_end_to_end": round(statistics.median(r["e2e_img_per_s"] for r in rounds), 3),
@@ -228,23 +272,27 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         "`benchmarks/compute_efficiency.py`: vit-base-shaped random-weight ViT, "
         f"{a['image'][0]}x{a['image'][1]} JPEG (one per request), "
         f"{a['connections']} wrk connections. Per configuration: an in-process sweep picks the backend's best batch "
-        "size (median of interleaved passes); the server runs with `--max-batch-size` = that size; then "
+        "size (median of interleaved passes); the server runs with `--max-batch-size` = that size, at most half the "
+        "connections (so that a batch can fill behind the running one); then "
         f"{a['rounds']} rounds, each one {a['seconds']:g} s in-process window and one {a['seconds']:g} s "
         "end-to-end window in alternating order (ABBA), the two sides never running at once. End-to-end rate = "
-        "growth of `iei_images_embedded_total` between its first and last change in the window (polled every "
-        "50 ms, after the pipeline has filled), so it is exact to a batch boundary. *ratio* is the median of the "
+        "growth of `iei_images_embedded_total` between its first whole batch and its last change in the window "
+        "(after the pipeline has filled; polled every 50 ms over one kept-alive connection, only at the window's "
+        "two edges, since a scrape costs the server ~1.5 CPU-ms), so it is exact to a batch boundary. *ratio* is the median of the "
         "per-round ratios; a round during which other processes used more than "
         f"{a['max_other_cores']} cores was redone.", "",
         f"commit `{m['git_commit']}`{' (dirty tree)' if m['git_dirty'] else ''} · {m['cpu_model']} · "
         f"{m['cpu_cores']} cores · Python {m['python']} · {m['date']}", "",
-        "| config | best batch | in process img/s | end to end img/s | ratio (median) | per-round ratios |",
+        "| config | best batch (in process / server) | in process img/s | end to end img/s | ratio (median) "
+        "| per-round ratios |",
         "|---|---:|---:|---:|---:|---|",
     ]
     for name, r in report["configs"].items():
         if "error" in r:
             lines.append(f"| {name} | failed: {r['error'][:150]} | | | | |")
             continue
-        lines.append(f"| {name} | {r['best_batch_size']} | {r['median_in_process']:.2f} | {r['median_end_to_end']:.2f} "
+        lines.append(f"| {name} | {r['best_batch_size']} / {r.get('server_batch_size', r['best_batch_size'])} "
+                     f"| {r['median_in_process']:.2f} | {r['median_end_to_end']:.2f} "
                      f"| **{r['median_ratio']:.1%}** | {', '.join(f'{x:.0%}' for x in r['ratios'])} |")
     lines += ["", "In-process sweep (median img/s per batch size):", ""]
     for name, r in report["configs"].items():

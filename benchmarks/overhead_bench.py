@@ -1,6 +1,6 @@
 """Serving overhead: the server's own CPU cost per image, by process role, and where it goes.
 
-A tiny random ViT (model time ~0) on one thread, 224x224 JPEGs, one image per request, 64 wrk
+A tiny random ViT (model time ~0) on one thread, 224x224 JPEGs (or --image), one image per request, 64 wrk
 connections (wrk: compiled, so the client takes little of the 2 cores). The regime a GPU puts the
 server in: everything but the model is overhead. Measured:
 
@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     _TICK,
     CACHE,
+    GENERATED_IMAGES,
     RESULTS,
     ROOT,
     Server,
@@ -185,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second")
     p.add_argument("--top", type=int, default=6, help="functions listed per role")
     p.add_argument("--iei-args", default="", help="extra `iei serve` flags")
+    p.add_argument("--image", default="jpeg-224", choices=["jpeg-224", "jpeg-1024x768", "jpeg-12mp"],
+                   help="the JPEG every request sends (jpeg-1024x768: the decode-bound case)")
     p.add_argument("--quick", action="store_true", help="smoke: 1 run of 1 s, 1 s profile")
     p.add_argument("--out", type=Path, default=None, help="results basename (default benchmarks/results/overhead)")
     args = p.parse_args(argv)
@@ -192,12 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         args.duration, args.warmup, args.runs, args.profile_seconds = 1, 1, 1, 1  # wrk takes whole seconds
     if shutil.which("wrk") is None:
         p.error("wrk not found (apt-get install wrk)")
-    port, image = free_port(), generated_image("jpeg-224")
+    port, image = free_port(), generated_image(args.image)
     server = Server("overhead-iei", iei_command(vit_model("tiny"), port, ["--backend-threads", "1", *args.iei_args.split()]),
                     {"PYTHONPATH": str(ROOT)}, port, "/embed",
                     json.dumps({"inputs": [base64.b64encode(image).decode()]}).encode(), lambda r: r[0])
     report: dict[str, Any] = {"meta": machine_facts(), "args": vars(args) | {"out": str(args.out)},
-                              "image": f"224x224 JPEG q90, {len(image)} bytes", "command": server.command_line(),
+                              "image": "{}x{} JPEG q90, {} bytes".format(*GENERATED_IMAGES[args.image][:2], len(image)), "command": server.command_line(),
                               "reproduce": "python " + " ".join(["benchmarks/overhead_bench.py", *(argv or sys.argv[1:])])}
     try:
         server.start(timeout_s=240)
