@@ -247,6 +247,18 @@ def _pick_pooling(hf_config: Any, requested: str | None) -> str:
         raise BackendError(str(e)) from None
 
 
+def _own_weight_memory(model: torch.nn.Module) -> None:
+    """Copy the weights out of the checkpoint's memory map into the process's own memory.
+
+    transformers maps a safetensors file and keeps its pages as the CPU weights. The kernel may drop
+    such pages while the server idles (memory pressure, or a reclaim daemon: this host runs DAMON's
+    pageout), and the next batch then reads the model back from disk. Anonymous memory stays
+    resident without swap. Costs one copy at start; the map is released once nothing refers to it."""
+    with torch.no_grad():
+        for tensor in (*model.parameters(), *model.buffers()):
+            tensor.data = tensor.data.clone()
+
+
 def load_torch_backend(config: BackendConfig) -> TorchBackend:
     """Load, place and dry-run the model described by `config` (blocking; seconds to minutes).
     Raises BackendError with a message naming the model and what went wrong."""
@@ -263,6 +275,8 @@ def load_torch_backend(config: BackendConfig) -> TorchBackend:
     hf_config = model.config
     try:
         model = model.to(device=device, dtype=dtype).eval()
+        if device.type == "cpu":
+            _own_weight_memory(model)
         embedder = EmbeddingModel(model, pooling).eval()
         text_embedder = TextEmbeddingModel(model).eval() if has_text(hf_config.model_type, pooling) else None
     except (PoolingError, RuntimeError) as e:

@@ -63,6 +63,19 @@ def test_default_embedding_matches_transformers(tiny_dir, family, batch):
     assert (info.backend, info.device, info.dtype, info.random_weights) == ("torch", "cpu", "float32", False)
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc/self/maps")
+def test_cpu_weights_live_in_process_memory_not_in_the_checkpoint_map(tiny_dir):
+    """transformers maps the safetensors file and would keep its pages as the weights; pages the kernel
+    may drop while the server idles. The backend copies them out, so the map is gone after loading."""
+    checkpoint = str(tiny_dir["vit"] / "model.safetensors")
+    model = AutoModel.from_pretrained(tiny_dir["vit"])
+    assert checkpoint in Path("/proc/self/maps").read_text()  # what transformers leaves: a mapped file
+    del model
+    backend = _load(tiny_dir["vit"])
+    assert checkpoint not in Path("/proc/self/maps").read_text()
+    assert backend.embed_images(_pixels(1)).shape == (1, TINY_EMBEDDING_DIM["vit"])
+
+
 @pytest.mark.parametrize("family", ["vit", "deit", "beit"])
 def test_cls_pooling(tiny_dir, family):
     backend = _load(tiny_dir[family], pooling="cls")
