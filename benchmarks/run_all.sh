@@ -9,7 +9,9 @@ export PYTHONPATH=$PWD
 "$PY" benchmarks/backend_bench.py
 bash benchmarks/baselines/install.sh --infinity && "$PY" benchmarks/serving_bench.py
 "$PY" benchmarks/compute_efficiency.py
+"$PY" benchmarks/compute_efficiency.py --configs torch --rounds 11 --seconds 20 --out benchmarks/results/compute_efficiency_torch
 "$PY" benchmarks/overhead_bench.py --runs 3 --duration 8 --profile-seconds 8
+"$PY" benchmarks/overhead_bench.py --image jpeg-1024x768 --runs 3 --duration 8 --profile-seconds 8 --out benchmarks/results/overhead_decode
 "$PY" benchmarks/sweep.py --model tiny --concurrency 4,32 --duration 2 --rounds 3
 "$PY" benchmarks/bulk_bench.py
 "$PY" benchmarks/batches_priority.py
