@@ -211,11 +211,11 @@ class DynamicBatcher:
     def _scatter(self, batch: list[_Entry], done: asyncio.Future) -> None:
         """Deliver each row to its caller, in order, and free the slots (the model is done with them)."""
         self._handed_over -= 1
-        self._time_finished_batch(self._handed_sizes.popleft())
         self._wakeup.set()
         for entry in batch:
             self._release_slot(entry.slot)
         error = None if done.cancelled() else done.exception()
+        self._time_finished_batch(self._handed_sizes.popleft(), ok=not done.cancelled() and error is None)
         if done.cancelled() or error is not None:
             self._fail_batch(batch, error)
             return
@@ -227,13 +227,15 @@ class DynamicBatcher:
         if self._observer is not None:
             self._observer.on_batch(len(batch), inference_s, True)
 
-    def _time_finished_batch(self, size: int) -> None:
-        """Update the seconds-per-image estimate; the batch handed over behind it starts now."""
+    def _time_finished_batch(self, size: int, ok: bool) -> None:
+        """Update the seconds-per-image estimate (from batches that worked: a hung one that timed out
+        says nothing about the model's speed); the batch handed over behind it starts now."""
         now = time.monotonic()
-        sample = (now - self._running_since) / max(size, 1)
-        previous = self._seconds_per_image
-        self._seconds_per_image = sample if previous is None else \
-            previous + _DURATION_EWMA_WEIGHT * (sample - previous)
+        if ok:
+            sample = (now - self._running_since) / max(size, 1)
+            previous = self._seconds_per_image
+            self._seconds_per_image = sample if previous is None else \
+                previous + _DURATION_EWMA_WEIGHT * (sample - previous)
         self._running_since = now
 
     def _fail_batch(self, batch: list[_Entry], error: BaseException | None) -> None:
