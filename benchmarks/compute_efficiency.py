@@ -57,13 +57,19 @@ CONFIGS: dict[str, list[str]] = {
 BATCH_SIZES = (1, 2, 4, 8, 16)
 
 
-def scrape(server: Server) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
-    names = ("iei_images_embedded_total", "iei_inflight_images", "iei_batch_size_sum", "iei_batch_size_count",
-             "iei_inference_duration_seconds_sum", "iei_inference_duration_seconds_count")
+_SCRAPED = ("iei_images_embedded_total", "iei_inflight_images", "iei_batch_size_sum", "iei_batch_size_count",
+            "iei_inference_duration_seconds_sum", "iei_inference_duration_seconds_count")
+
+
+def metric_values(text: str, names: tuple[str, ...] = _SCRAPED) -> dict[str, float]:
+    """The unlabelled samples named `names` in a Prometheus text exposition."""
     return {m.group(1): float(m.group(2)) for m in re.finditer(r"^(\w+) ([0-9.eE+-]+)$", text, re.M)
             if m.group(1) in names}
+
+
+def scrape(server: Server) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as resp:
+        return metric_values(resp.read().decode())
 
 
 def wait_drained(server: Server, timeout: float = 120) -> None:
@@ -118,7 +124,7 @@ class CounterPoller:
         except (http.client.RemoteDisconnected, ConnectionError):  # the server closes idle keep-alives
             self.conn.close()
             text = self._get()
-        return float(re.search(r"^iei_images_embedded_total ([0-9.eE+-]+)$", text, re.MULTILINE).group(1))
+        return metric_values(text, ("iei_images_embedded_total",))["iei_images_embedded_total"]
 
     def _get(self) -> str:
         self.conn.request("GET", "/metrics")
@@ -142,7 +148,8 @@ class CounterPoller:
 def _embedded_timeline(server: Server, fill_s: float, seconds: float) -> list[tuple[float, float]]:
     """Counter changes at the two edges of a `seconds` window that starts `fill_s` after the call:
     the first two changes (the second is the first whole batch), then every change in the last
-    2.5 batch intervals (at least a quarter of the window). A rate between two changes is exact to a batch boundary."""
+    2.5 batch intervals (at least a quarter of the window). A rate between two changes is exact to a
+    batch boundary."""
     time.sleep(fill_s)
     poller = CounterPoller(server)
     try:
@@ -253,7 +260,8 @@ def run_config(name: str, args) -> dict[str, Any]:
             rounds.append(r)
         return {"serve_args": [str(a) for a in serve_args], "server_command": server.command_line(),
                 "sweep": {str(b): [round(x, 3) for x in v] for b, v in sweep.items()},
-                "sweep_median": {str(b): round(v, 3) for b, v in sweep_median.items()}, "best_batch_size": best, "server_batch_size": server_batch,
+                "sweep_median": {str(b): round(v, 3) for b, v in sweep_median.items()},
+                "best_batch_size": best, "server_batch_size": server_batch,
                 "rounds": rounds, "redone_noisy_rounds": redone,
                 "median_in_process": round(statistics.median(r["in_process"] for r in rounds), 3),
                 "median_end_to_end": round(statistics.median(r["e2e_img_per_s"] for r in rounds), 3),
@@ -278,8 +286,8 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         "end-to-end window in alternating order (ABBA), the two sides never running at once. End-to-end rate = "
         "growth of `iei_images_embedded_total` between its first whole batch and its last change in the window "
         "(after the pipeline has filled; polled every 50 ms over one kept-alive connection, only at the window's "
-        "two edges, since a scrape costs the server ~1.5 CPU-ms), so it is exact to a batch boundary. *ratio* is the median of the "
-        "per-round ratios; a round during which other processes used more than "
+        "two edges, since a scrape costs the server ~1.5 CPU-ms), so it is exact to a batch boundary. "
+        "*ratio* is the median of the per-round ratios; a round during which other processes used more than "
         f"{a['max_other_cores']} cores was redone.", "",
         f"commit `{m['git_commit']}`{' (dirty tree)' if m['git_dirty'] else ''} · {m['cpu_model']} · "
         f"{m['cpu_cores']} cores · Python {m['python']} · {m['date']}", "",
@@ -291,7 +299,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         if "error" in r:
             lines.append(f"| {name} | failed: {r['error'][:150]} | | | | |")
             continue
-        lines.append(f"| {name} | {r['best_batch_size']} / {r.get('server_batch_size', r['best_batch_size'])} "
+        lines.append(f"| {name} | {r['best_batch_size']} / {r['server_batch_size']} "
                      f"| {r['median_in_process']:.2f} | {r['median_end_to_end']:.2f} "
                      f"| **{r['median_ratio']:.1%}** | {', '.join(f'{x:.0%}' for x in r['ratios'])} |")
     lines += ["", "In-process sweep (median img/s per batch size):", ""]

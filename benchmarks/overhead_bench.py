@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second")
     p.add_argument("--top", type=int, default=6, help="functions listed per role")
     p.add_argument("--iei-args", default="", help="extra `iei serve` flags")
-    p.add_argument("--image", default="jpeg-224", choices=["jpeg-224", "jpeg-1024x768", "jpeg-12mp"],
+    p.add_argument("--image", default="jpeg-224", choices=[n for n in GENERATED_IMAGES if n.startswith("jpeg")],
                    help="the JPEG every request sends (jpeg-1024x768: the decode-bound case)")
     p.add_argument("--quick", action="store_true", help="smoke: 1 run of 1 s, 1 s profile")
     p.add_argument("--out", type=Path, default=None, help="results basename (default benchmarks/results/overhead)")
@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                     {"PYTHONPATH": str(ROOT)}, port, "/embed",
                     json.dumps({"inputs": [base64.b64encode(image).decode()]}).encode(), lambda r: r[0])
     report: dict[str, Any] = {"meta": machine_facts(), "args": vars(args) | {"out": str(args.out)},
-                              "image": "{}x{} JPEG q90, {} bytes".format(*GENERATED_IMAGES[args.image][:2], len(image)), "command": server.command_line(),
+                              "image": "{}x{} JPEG q90, {} bytes".format(*GENERATED_IMAGES[args.image][:2], len(image)),
+                              "command": server.command_line(),
                               "reproduce": "python " + " ".join(["benchmarks/overhead_bench.py", *(argv or sys.argv[1:])])}
     try:
         server.start(timeout_s=240)

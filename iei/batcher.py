@@ -6,7 +6,7 @@ A batch closes when it is full, when the model is
 idle (a lone request never waits for the delay), or `max_batch_delay` after its first image was
 queued. While one batch runs, the next is formed and handed over, so the model never waits for the
 batcher ("prefetch one batch"); when the running batch will still take longer than the delay (a slow
-model), the next one keeps filling until shortly before it is expected to end (`_HANDOVER_LEAD`), as
+model), the next one keeps filling until shortly before it is expected to end (`_HANDOVER_LEAD_S`), as
 its images could not start sooner anyway. Images whose caller went away are dropped before inference.
 
 Two lanes: online images, and background-job images (`submit(..., background=True)`). A batch is
@@ -78,8 +78,7 @@ class DynamicBatcher:
         self._queue: deque[_Entry] = deque()  # online images
         self._background: deque[_Entry] = deque()  # background-job images: the low-priority lane
         self._wakeup = asyncio.Event()  # set on every submit and every finished batch
-        self._handed_over = 0  # batches given to the model and not yet finished
-        self._handed_sizes: deque[int] = deque()  # their sizes, the running one first
+        self._handed_over: deque[int] = deque()  # sizes of batches given to the model, unfinished, running first
         self._running_since = 0.0  # when the running batch started (as the event loop sees it)
         self._seconds_per_image: float | None = None  # EWMA over finished batches
         self._online_busy = False  # requests in flight (maybe still decoding): job batches wait
@@ -150,10 +149,10 @@ class DynamicBatcher:
             raise
 
     def _may_hand_over(self) -> bool:
-        if self._handed_over >= _MAX_BATCHES_HANDED_OVER:
+        if len(self._handed_over) >= _MAX_BATCHES_HANDED_OVER:
             return False
         # Job images alone wait for an idle model: a prefetched job batch would delay online images.
-        return bool(self._queue) or (bool(self._background) and self._handed_over == 0 and not self._online_busy)
+        return bool(self._queue) or (bool(self._background) and not self._handed_over and not self._online_busy)
 
     async def _wait_until(self, condition: Callable[[], object], timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -171,18 +170,18 @@ class DynamicBatcher:
         """While the model is busy, let the batch fill up until its delay runs out, or until just
         before the running batch should end if that is later (only online images get here with a
         busy model). It goes at once when it is full or the model turns idle."""
-        if self._handed_over == 0:
+        if not self._handed_over:
             return  # idle model: go now
         close_at = max(self._queue[0].queued_at + self._max_delay_s, self._handover_due())
         wait_s = close_at - time.monotonic()
         if wait_s > 0:
-            await self._wait_until(lambda: len(self._queue) >= self._max_batch_size or self._handed_over == 0, wait_s)
+            await self._wait_until(lambda: len(self._queue) >= self._max_batch_size or not self._handed_over, wait_s)
 
     def _handover_due(self) -> float:
         """When the next batch should be handed over: a lead before the running batch's expected end."""
-        if self._seconds_per_image is None or not self._handed_sizes:
+        if self._seconds_per_image is None or not self._handed_over:
             return 0.0
-        expected_s = self._seconds_per_image * self._handed_sizes[0]
+        expected_s = self._seconds_per_image * self._handed_over[0]
         return self._running_since + expected_s - max(_HANDOVER_LEAD_S, _HANDOVER_LEAD_SHARE * expected_s)
 
     def _take_batch(self) -> list[_Entry]:
@@ -201,21 +200,20 @@ class DynamicBatcher:
         return batch
 
     def _hand_over(self, batch: list[_Entry]) -> None:
-        if self._handed_over == 0:
+        if not self._handed_over:
             self._running_since = time.monotonic()
-        self._handed_over += 1
-        self._handed_sizes.append(len(batch))
+        self._handed_over.append(len(batch))
         running = self._run_batch([entry.slot for entry in batch])
         running.add_done_callback(lambda done: self._scatter(batch, done))
 
     def _scatter(self, batch: list[_Entry], done: asyncio.Future) -> None:
         """Deliver each row to its caller, in order, and free the slots (the model is done with them)."""
-        self._handed_over -= 1
+        self._handed_over.popleft()  # batches finish in the order they were handed over
         self._wakeup.set()
         for entry in batch:
             self._release_slot(entry.slot)
         error = None if done.cancelled() else done.exception()
-        self._time_finished_batch(self._handed_sizes.popleft(), ok=not done.cancelled() and error is None)
+        self._time_finished_batch(len(batch), ok=not done.cancelled() and error is None)
         if done.cancelled() or error is not None:
             self._fail_batch(batch, error)
             return
