@@ -7,7 +7,7 @@ loaded side by side and take turns, in short alternating windows (ABBA order), a
 one ratio; the report is the median ratio.
 
   in process  a child process holding the backend (`backends.load_backend`, configured exactly as the
-              server's model process by `iei.engine.backend_config`) runs batches of the best batch
+              server's model process by `iei.model_plan.backend_config`) runs batches of the best batch
               size on uint8 pixels for S seconds, while the idle server uses no CPU;
   end to end  wrk keeps C connections posting one 1024x768 JPEG each to `iei serve` (started with
               --max-batch-size = that batch size, at most C/2 so that a batch can fill behind the

@@ -2,7 +2,7 @@
 
   parity      ViT-base (random weights, seed 0) on the six seed images: CUDA float32 / float16 / bfloat16
               vectors against the CPU float32 ones (cosine, min over images), through the server's own
-              preprocessing and backend configuration (`iei.engine.model_plan`).
+              preprocessing and backend configuration (`iei.model_plan.model_plan`).
   in process  the backend alone: images/s at batch 1, 8, 32, 64, 128 for each dtype (uint8 pixels in,
               float32 vectors out, so host-device copies are counted, as in the server), median of 3 windows.
   end to end  `iei serve --device cuda --dtype float16` driven by benchmarks/loadgen.py (aiohttp) with
@@ -49,7 +49,7 @@ def load(model: Path, device: str, dtype: str):
     from backends import load_backend
     from iei.cli import build_parser
     from iei.config import settings_from
-    from iei.engine import model_plan
+    from iei.model_plan import model_plan
 
     args = build_parser().parse_args(["serve", "--model", str(model), "--device", device, "--dtype", dtype,
                                       "--max-batch-size", str(max(BATCHES))])

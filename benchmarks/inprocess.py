@@ -1,5 +1,5 @@
 """The backend alone, in a child process configured by the same `iei serve` flags as the server's model
-process (`iei.engine.backend_config`): the "in process" side of every end-to-end vs in-process ratio.
+process (`iei.model_plan.backend_config`): the "in process" side of every end-to-end vs in-process ratio.
 
 A sibling module of the scripts (not a package): they put `benchmarks/` on sys.path and import it.
 """
@@ -22,14 +22,10 @@ import numpy as np
 sys.path.insert(0, sys.argv[1])
 from backends import load_backend
 from iei.config import settings_from
-from iei.engine import backend_config
-from iei.models import resolve_model
-from iei.preprocess.spec import load_spec
+from iei.model_plan import model_plan
 
 settings = settings_from(__import__("iei.cli", fromlist=["x"]).build_parser().parse_args(["serve", *sys.argv[2:]]), {})
-source = resolve_model(settings.model, settings.revision, settings.load_format)
-spec = load_spec(source.processor_source, source.revision)
-backend = load_backend(settings.backend, backend_config(settings, source, spec))
+backend = load_backend(settings.backend, model_plan(settings).config)
 backend.warmup()
 h, w = backend.info.image_size
 rng = np.random.default_rng(0)

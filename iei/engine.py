@@ -18,7 +18,6 @@ from typing import Literal, NamedTuple
 import msgspec
 import numpy as np
 
-from backends import BackendConfig
 from iei.batcher import DynamicBatcher, Embedded
 from iei.config import Settings
 from iei.errors import (
@@ -31,11 +30,9 @@ from iei.errors import (
 )
 from iei.metrics import Metrics
 from iei.model_runner import ModelProcess, ModelRunner
-from iei.models import ModelSource, resolve_model
-from iei.preprocess.image import pixel_affine
 from iei.preprocess.pool import PreprocessPool
-from iei.preprocess.spec import PreprocessSpec, load_spec
-from iei.preprocess.text import TextSpec, pad_tokens, text_spec_for
+from iei.preprocess.spec import PreprocessSpec
+from iei.preprocess.text import TextSpec, pad_tokens
 from iei.url_inputs import UrlFetcher, looks_like_url
 
 log = logging.getLogger("iei.engine")
@@ -66,22 +63,6 @@ class EmbedResult(NamedTuple):
     timings: Timings
 
 
-class ModelPlan(NamedTuple):
-    source: ModelSource
-    spec: PreprocessSpec  # the model's own preprocessing (input limits not applied)
-    config: BackendConfig
-
-
-def model_plan(settings: Settings) -> ModelPlan:
-    """Resolve the model and read its preprocessing: what the workers and the backend are built from
-    (also used by `iei embed`'s engines, so offline vectors equal served ones). Raises ModelNotFound
-    or ValueError (unsupported processor)."""
-    source = resolve_model(settings.model, settings.revision, settings.load_format)
-    spec = load_spec(source.processor_source, source.revision, draft=settings.draft_decode,
-                     max_image_pixels=settings.max_image_pixels)
-    return ModelPlan(source, spec, backend_config(settings, source, spec))
-
-
 def slots_for(settings: Settings) -> int:
     """Enough slots for the running batch, the prefetched one, work queued in every worker, and the
     background jobs' images."""
@@ -92,20 +73,6 @@ def background_slots(settings: Settings) -> int:
     """Background-job images in flight at once: enough to keep the background workers busy, few
     enough that job batches stay small (an online image may wait for one). 0 without jobs."""
     return min(settings.max_batch_size, 2 * settings.batch_job_workers) if settings.batch_jobs else 0
-
-
-def backend_config(settings: Settings, source: ModelSource, spec: PreprocessSpec) -> BackendConfig:
-    """What the backend needs from the settings: the model, its runtime options, and the pixel affine
-    that turns the workers' uint8 pixels into the processor's normalised floats."""
-    scale, offset = pixel_affine(spec)
-    return BackendConfig(
-        model=settings.model, revision=settings.revision, load_format=settings.load_format,
-        config_dir=source.config_dir, device=settings.device, dtype=settings.dtype, pooling=settings.pooling,
-        num_threads=settings.backend_threads, max_batch_size=settings.max_batch_size,
-        pixel_scale=scale, pixel_offset=offset, onnx_optimize=settings.onnx_optimize, quantize=settings.quantize,
-        onnx_cache_dir=settings.onnx_cache_path, allow_cpu_fallback=settings.allow_cpu_fallback,
-        image_size=(spec.output_height, spec.output_width),
-    )
 
 
 def with_input_limits(spec: PreprocessSpec, settings: Settings) -> PreprocessSpec:
@@ -153,18 +120,11 @@ class EmbeddingEngine:
 
     @classmethod
     def load(cls, settings: Settings) -> EmbeddingEngine:
-        """Blocking: resolve the model, read its preprocessing, start the model process and wait until
-        the model is loaded and warm. Raises ModelNotFound, ValueError (unsupported processor) or
-        BackendError, each with a message fit for the console."""
-        plan = model_plan(settings)
-        model = ModelProcess(settings.backend, plan.config, settings.log_format, settings.log_level,
-                             batch_timeout_s=settings.batch_timeout_ms / 1000)
-        try:
-            text_spec = text_spec_for(plan.source, model.info)
-        except ValueError:
-            asyncio.run(model.close())
-            raise
-        return cls(settings, model, plan.spec, text_spec)
+        """Blocking: start the model process and wait until it has resolved the model, read its
+        preprocessing and tokenizer, and loaded and warmed the model. Raises BackendError with a message
+        fit for the console (a model that is not found or an unsupported processor included)."""
+        model = ModelProcess(settings, batch_timeout_s=settings.batch_timeout_ms / 1000)
+        return cls(settings, model, model.spec, model.text_spec)
 
     async def start(self) -> None:
         await self.pool.start()

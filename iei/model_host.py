@@ -6,7 +6,11 @@ hung model be killed and restarted without taking the HTTP server down, and keep
 server process's hot path. Pixels arrive through the shared-memory slab; only slot numbers and
 the (B, D) float32 vectors cross the pipe.
 
-Frames (msgpack arrays), child -> parent first: ["ready", ModelInfo] or ["error", message].
+The model process also reads the model's preprocessing and tokenizer (`iei.model_plan`): that needs
+transformers, which imports torch, and only this process should pay for those.
+
+Frames (msgpack arrays), child -> parent first: ["ready", ModelInfo, PreprocessSpec, TextSpec | None]
+or ["error", message].
 Then parent -> child: ["attach", slab_name, slab_shape], [batch_id, slots] (images), or
 ["text", batch_id, input_ids int32 bytes, attention_mask uint8 bytes, rows, length] (texts: token ids
 are a few hundred bytes per text, so they ride in the frame rather than a slab);
@@ -17,6 +21,7 @@ or [batch_id, False, message, 0, 0, started_at, duration_s].
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from multiprocessing.connection import Connection
@@ -24,18 +29,26 @@ from multiprocessing.connection import Connection
 import msgspec
 import numpy as np
 
-from backends import BackendConfig, BackendError, load_backend
+from backends import BackendError, load_backend
+from iei.config import Settings
 from iei.ipc import FrameReader
+from iei.model_plan import model_plan
+from iei.models import ModelNotFound
+from iei.preprocess.text import text_spec_for
 from iei.preprocess.worker import attach_slab
 
 log = logging.getLogger("iei.model")
 
 
-def _load(conn: Connection, backend_name: str, config: BackendConfig):
+def _load(conn: Connection, settings: Settings):
+    """Resolve and load the model, warm it, and tell the server its info, preprocessing and tokenizer spec
+    (["ready", ModelInfo, PreprocessSpec, TextSpec | None]), or why it could not (["error", message])."""
     try:
-        backend = load_backend(backend_name, config)
+        plan = model_plan(settings)
+        backend = load_backend(settings.backend, plan.config)
         backend.warmup()
-    except BackendError as e:
+        text_spec = text_spec_for(plan.source, backend.info)
+    except (ModelNotFound, ValueError, BackendError) as e:
         conn.send_bytes(msgspec.msgpack.encode(["error", str(e)]))
         return None
     except Exception as e:  # an unexpected loader failure still gets a one-line reason
@@ -43,7 +56,7 @@ def _load(conn: Connection, backend_name: str, config: BackendConfig):
         first_line = (str(e).strip().splitlines() or [""])[0][:300]
         conn.send_bytes(msgspec.msgpack.encode(["error", f"could not load the model: {type(e).__name__}: {first_line}"]))
         return None
-    conn.send_bytes(msgspec.msgpack.encode(["ready", backend.info]))
+    conn.send_bytes(msgspec.msgpack.encode(["ready", backend.info, plan.spec, text_spec]))
     return backend
 
 
@@ -68,14 +81,14 @@ def _run_batch(batch_id: int, rows: int, embed, *arrays: np.ndarray) -> list:
     return [batch_id, False, message, 0, 0, started, time.monotonic() - started]
 
 
-def host_main(conn: Connection, backend_name: str, config_bytes: bytes, log_format: str, log_level: str) -> None:
+def host_main(conn: Connection, settings: Settings) -> None:
     """Entry point of the model process (spawned)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when we stop: it finishes
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # in-flight batches first, then closes our pipe
     from iei.logs import configure_logging
 
-    configure_logging(log_format, log_level)
-    backend = _load(conn, backend_name, msgspec.msgpack.decode(config_bytes, type=BackendConfig))
+    configure_logging(settings.log_format, settings.log_level)
+    backend = _load(conn, settings)
     if backend is None:
         return
     encode, decode = msgspec.msgpack.encode, msgspec.msgpack.decode
@@ -98,3 +111,7 @@ def host_main(conn: Connection, backend_name: str, config_bytes: bytes, log_form
         del slab
         if shm is not None:
             shm.close()
+    # Skip the interpreter's teardown: unloading torch and its thread pools takes a second or two, and
+    # the server waits for this process before it can exit. Nothing is left to flush but the logs.
+    logging.shutdown()
+    os._exit(0)

@@ -19,10 +19,13 @@ from typing import NamedTuple, Protocol
 import msgspec
 import numpy as np
 
-from backends import Backend, BackendConfig, BackendError, ModelInfo
+from backends import Backend, BackendError, ModelInfo
+from iei.config import Settings
 from iei.errors import BackendFailed
 from iei.ipc import connect, send_frame
 from iei.model_host import host_main
+from iei.preprocess.spec import PreprocessSpec
+from iei.preprocess.text import TextSpec
 
 log = logging.getLogger("iei.model")
 
@@ -100,9 +103,8 @@ class ModelProcess:
     A watchdog kills the process when one batch takes longer than `batch_timeout_s` (0: never):
     a hung model is then handled like a crashed one."""
 
-    def __init__(self, backend_name: str, config: BackendConfig, log_format: str = "text", log_level: str = "info",
-                 batch_timeout_s: float = 0.0) -> None:
-        self._args = (backend_name, msgspec.msgpack.encode(config), log_format, log_level)
+    def __init__(self, settings: Settings, batch_timeout_s: float = 0.0) -> None:
+        self._settings = settings
         self._batch_timeout_s = batch_timeout_s
         self._watchdog: asyncio.Task | None = None
         self._head_since = 0.0  # when the model started the oldest batch in flight (time.monotonic())
@@ -115,29 +117,32 @@ class ModelProcess:
         self._slab: Slab | None = None
         self._closing = False
         self._restart: asyncio.Task | None = None
-        self.info: ModelInfo = self._launch()
+        self.info, self.spec, self.text_spec = self._launch()
 
-    def _launch(self) -> ModelInfo:
-        """Blocking: start the process and wait until the model is loaded and warm. Raises BackendError."""
+    def _launch(self) -> tuple[ModelInfo, PreprocessSpec, TextSpec | None]:
+        """Blocking: start the process and wait until the model is loaded and warm. Returns what the process
+        read: the model's info, its preprocessing and its tokenizer spec. Raises BackendError."""
         ctx = multiprocessing.get_context("spawn")
         parent_conn, child_conn = ctx.Pipe(duplex=True)
-        self._process = ctx.Process(target=host_main, args=(child_conn, *self._args), name="iei-model", daemon=True)
+        self._process = ctx.Process(target=host_main, args=(child_conn, self._settings), name="iei-model", daemon=True)
         self._process.start()
         child_conn.close()
         if not parent_conn.poll(_LOAD_TIMEOUT_S):
             self._process.kill()
             raise BackendError(f"the model did not load within {_LOAD_TIMEOUT_S:.0f} s")
         try:
-            kind, payload = msgspec.msgpack.decode(parent_conn.recv_bytes())
+            kind, *payload = msgspec.msgpack.decode(parent_conn.recv_bytes())
         except EOFError:
             self._process.join(5)
             raise BackendError(f"the model process exited while loading (exit code {self._process.exitcode})") from None
         if kind == "error":
             self._process.join(5)
-            raise BackendError(payload)
+            raise BackendError(payload[0])
         self._conn = parent_conn
         log.info("model process ready (pid %d)", self._process.pid)
-        return msgspec.convert(payload, ModelInfo)
+        info, spec, text_spec = payload
+        return (msgspec.convert(info, ModelInfo), msgspec.convert(spec, PreprocessSpec),
+                msgspec.convert(text_spec, TextSpec | None))
 
     @property
     def alive(self) -> bool:
@@ -211,7 +216,7 @@ class ModelProcess:
         while not self._closing:
             try:
                 await asyncio.to_thread(self._reap)
-                self.info = await asyncio.to_thread(self._launch)
+                self.info, _, _ = await asyncio.to_thread(self._launch)
                 await self.start(self._slab)  # type: ignore[arg-type]
                 log.info("the model process is back")
                 return

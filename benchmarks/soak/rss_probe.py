@@ -1,6 +1,6 @@
 """Where the model process's RSS goes under dynamic batching: a leak, or a plateau per batch size?
 
-Each variant is a fresh process that loads the backend as `iei serve` does (`iei.engine.model_plan`),
+Each variant is a fresh process that loads the backend as `iei serve` does (`iei.model_plan.model_plan`),
 runs `--passes` passes of batches, and reads its own RSS after warm-up and after every pass:
 
   mixed         every batch size 1..max once per pass, in a new random order (what dynamic batching sends)
@@ -32,7 +32,7 @@ sys.path.insert(0, sys.argv[1])
 from backends import load_backend
 from iei.cli import build_parser
 from iei.config import settings_from
-from iei.engine import model_plan
+from iei.model_plan import model_plan
 
 model, mode, passes, max_batch = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 def rss_mb():

@@ -6,7 +6,7 @@
 
 The decode stage runs `iei.preprocess.image.prepare_pixels`, the function the server's workers run,
 with the spec read from the model's processor config on the driver; the actors load the backend
-from the same `BackendConfig` the server builds (`iei.engine.model_plan`). Vectors therefore equal
+from the same `BackendConfig` the server builds (`iei.model_plan.model_plan`). Vectors therefore equal
 served ones. Vectors (a few KB per image) stream back to the driver instead of being written by
 Ray's Parquet sink, so resume, bad-file reports and the NPY format work as they do in-process, and
 OUT need not be storage every node can reach (the inputs must be).
@@ -25,7 +25,8 @@ from iei.bulk.inputs import read_image_file
 from iei.bulk.local_engine import ResultSink, check_dimensions
 from iei.bulk.ray_options import RayOptions
 from iei.config import Settings
-from iei.engine import finish_vectors, model_plan
+from iei.engine import finish_vectors
+from iei.model_plan import model_plan
 from iei.errors import InputError
 from iei.preprocess.image import prepare_pixels
 from iei.preprocess.spec import PreprocessSpec

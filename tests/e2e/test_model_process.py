@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -24,6 +25,14 @@ def model_pids(log: str) -> list[int]:
 def access_lines(log: str) -> list[dict]:
     entries = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     return [e for e in entries if e["logger"] == "iei.access"]
+
+
+def test_only_the_model_process_loads_torch(vit_server):
+    """The HTTP process never imports torch (nor transformers, which pulls it in): the model process reads
+    the model's preprocessing and tokenizer and hands them over. That saves seconds at every start and stop."""
+    model_pid = model_pids(vit_server.log())[-1]
+    assert "libtorch" not in Path(f"/proc/{vit_server.process.pid}/maps").read_text()
+    assert "libtorch" in Path(f"/proc/{model_pid}/maps").read_text()
 
 
 def test_killed_model_process_is_replaced(tiny_model, seed_base64, server_logs):
