@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 
 from backends.base import BackendConfig, BackendError, ModelInfo, check_pixels, check_tokens
-from backends.onnx_export import (
-    MODEL_FILE, TEXT_MODEL_FILE, ExportOptions, Manifest, cached_export, is_export_folder, read_export,
-)
+from backends.onnx_export import cached_export
+from backends.onnx_manifest import MODEL_FILE, TEXT_MODEL_FILE, ExportOptions, Manifest, is_export_folder, read_export
 from backends.onnx_providers import CPU, ProviderPlan, plan_providers, session_options
 
 logger = logging.getLogger("iei.backends.onnx")

@@ -12,13 +12,10 @@ config's image size: DINOv2 says 518 where its processor crops 224).
 
 Pipeline (all on the CPU, float32 trace): export -> graph optimisation (none | O1 | O2 | O3, ONNX
 Runtime's transformer optimiser) -> float16 copy (CUDA) or dynamic int8 quantisation (CPU, Optimum's
-config for the detected instruction set). A folder holds `model.onnx`, `config.json`,
-`preprocessor_config.json` and `iei-export.json` (the manifest: what was exported, how, by which
-package versions, and the sha256 of every ONNX file).
+config for the detected instruction set). The folder's layout, manifest and cache key are
+`backends.onnx_manifest`'s.
 
-Cache: `<cache_dir>/<model>/<key>/`, where key hashes the model id, revision/commit (or the local
-folder's file stats), pooling, opset, optimisation level, precision, int8 instruction set and the
-versions of torch, transformers, optimum-onnx, onnx and onnxruntime. An entry is built in a temporary
+Cache (`cached_export`): an entry is built in a temporary
 folder and renamed into place, so a crash never leaves a half-written entry under its final name; an
 entry whose manifest or checksums do not match (truncated copy, disk error, hand edit) is rebuilt.
 Runs on the model process's main thread (or the `iei export` command); blocking, seconds to minutes.
@@ -26,14 +23,10 @@ Runs on the model process's main thread (or the `iei export` command); blocking,
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import re
 import shutil
 import tempfile
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -41,19 +34,17 @@ import msgspec
 import numpy as np
 
 from backends.base import BackendConfig, BackendError
+from backends.onnx_manifest import (
+    EXPORT_FORMAT, INPUT_NAME, MANIFEST, MODEL_FILE, OUTPUT_NAME, TEXT_MODEL_FILE, CorruptExport,
+    ExportOptions, Manifest, cache_entry, cache_key, discard, effective_options, onnx_files, package_versions,
+    read_export, sha256_of,
+)
 from backends.onnx_providers import cpu_isa
 
 logger = logging.getLogger("iei.backends.onnx")
 
-MANIFEST = "iei-export.json"
-MODEL_FILE = "model.onnx"
-TEXT_MODEL_FILE = "text_model.onnx"
-INPUT_NAME, OUTPUT_NAME = "pixel_values", "embedding"
-TEXT_INPUT_NAMES = ("input_ids", "attention_mask")
 OPTIMIZE_LEVELS = ("none", "O1", "O2", "O3")
 PRECISIONS = ("fp32", "fp16", "int8")
-_FORMAT = 1  # bump when the folder layout or the exported graph changes meaning
-_PACKAGES = ("torch", "transformers", "optimum-onnx", "optimum", "onnx", "onnxruntime")
 # transformers model_type -> ONNX Runtime optimiser model type (BERT-style fusions suit every ViT-like
 # encoder; the CNNs only get LayerNorm/Gelu fusions, which is what matches there).
 _ORT_MODEL_TYPE = {"swin": "swin", "swinv2": "swin"}
@@ -61,140 +52,6 @@ _ORT_MODEL_TYPE = {"swin": "swin", "swinv2": "swin"}
 
 class ExportError(BackendError):
     """The model cannot be exported (unsupported type, exporter failure)."""
-
-
-class CorruptExport(BackendError):
-    """An exported folder is incomplete or does not match its manifest."""
-
-
-class ExportOptions(msgspec.Struct, frozen=True, kw_only=True):
-    opset: int = 0  # 0: the exporter's default for the model type
-    optimize: str = "O2"  # none | O1 | O2 | O3
-    precision: str = "fp32"  # fp32 | fp16 | int8
-
-
-class Manifest(msgspec.Struct, frozen=True, kw_only=True):
-    """iei-export.json: what the folder holds. Written last, so its presence means the folder is complete."""
-
-    format: int
-    model_id: str
-    revision: str | None
-    commit: str | None
-    random_weights: bool
-    model_type: str
-    pooling: str
-    embedding_dim: int
-    image_size: tuple[int, int]
-    num_channels: int
-    opset: int
-    optimize: str
-    precision: str
-    int8_isa: str | None
-    input_name: str
-    output_name: str
-    files: dict[str, str]  # file name -> sha256
-    versions: dict[str, str]
-    # max |onnx - torch| on a fixed random batch, measured at export (fp32 ~1e-6; fp16/int8 larger)
-    check_max_abs_diff: float
-    # Text tower (CLIP, SigLIP): see ModelInfo's fields of the same names.
-    modalities: tuple[str, ...] = ("image",)
-    text_max_length: int | None = None
-    text_padding: str | None = None
-
-
-def package_versions() -> dict[str, str]:
-    versions = {}
-    for name in _PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "-"
-    return versions
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _onnx_files(folder: Path) -> list[Path]:
-    """The graph and its external-data file, if the exporter split one off (models over 2 GB)."""
-    names = (MODEL_FILE, TEXT_MODEL_FILE)
-    return sorted(p for p in folder.iterdir() if p.name in names or p.name.startswith(tuple(n + "_data" for n in names)))
-
-
-def _source_fingerprint(config: BackendConfig) -> str | None:
-    """What identifies local weights: name, size and mtime of each file of the folder (cheap; a re-saved
-    folder gets a new entry). Hub models are identified by their commit instead."""
-    folder = Path(config.config_dir if config.load_format == "dummy" else config.model).expanduser()
-    if not folder.is_dir():
-        return None
-    digest = hashlib.sha256()
-    for p in sorted(folder.iterdir()):
-        if p.is_file():
-            stat = p.stat()
-            digest.update(f"{p.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
-
-
-def effective_options(options: ExportOptions) -> ExportOptions:
-    """int8 graphs are quantised from the unfused export: ORT's quantiser cannot type the fused contrib ops
-    (BiasGelu, SkipLayerNormalization), and ORT fuses the quantised graph itself when the session loads."""
-    if options.precision == "int8" and options.optimize != "none":
-        return msgspec.structs.replace(options, optimize="none")
-    return options
-
-
-def cache_key(config: BackendConfig, pooling: str, commit: str | None, options: ExportOptions) -> dict[str, Any]:
-    """Everything that changes the exported file."""
-    return {
-        "format": _FORMAT, "model": config.model, "revision": config.revision, "commit": commit,
-        "load_format": config.load_format, "source": _source_fingerprint(config), "pooling": pooling,
-        "image_size": config.image_size,
-        "opset": options.opset, "optimize": options.optimize, "precision": options.precision,
-        "int8_isa": cpu_isa() if options.precision == "int8" else None, "versions": package_versions(),
-    }
-
-
-def cache_entry(cache_dir: str | os.PathLike, model: str, key: dict[str, Any]) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "--", model.strip("/~.")) or "model"
-    return Path(cache_dir).expanduser() / safe[-100:] / digest
-
-
-def is_export_folder(path: str | os.PathLike) -> bool:
-    folder = Path(path).expanduser()
-    return folder.is_dir() and ((folder / MODEL_FILE).is_file() or (folder / MANIFEST).is_file())
-
-
-def read_export(folder: str | os.PathLike, *, verify: bool = True) -> Manifest:
-    """The folder's manifest, after checking that every ONNX file is present with its recorded sha256.
-    Raises CorruptExport."""
-    folder = Path(folder).expanduser()
-    path = folder / MANIFEST
-    if not path.is_file():
-        if (folder / MODEL_FILE).is_file():
-            raise CorruptExport(
-                f"{folder} holds {MODEL_FILE} but no {MANIFEST}: IEI serves ONNX files it exported itself "
-                "(`iei export`), because the pooling is part of the exported graph")
-        raise CorruptExport(f"{folder} has no {MANIFEST} (incomplete export)")
-    try:
-        manifest = msgspec.json.decode(path.read_bytes(), type=Manifest)
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
-        raise CorruptExport(f"{path} is unreadable: {e}") from None
-    if manifest.format != _FORMAT:
-        raise CorruptExport(f"{folder} was written by an incompatible IEI (export format {manifest.format}, expected {_FORMAT})")
-    if verify:
-        for name, expected in manifest.files.items():
-            file = folder / name
-            if not file.is_file():
-                raise CorruptExport(f"{folder} lacks {name}")
-            if _sha256(file) != expected:
-                raise CorruptExport(f"{file} does not match its checksum (truncated or modified)")
-    return manifest
 
 
 # -- building ------------------------------------------------------------------------------------
@@ -387,11 +244,11 @@ def export_model(config: BackendConfig, options: ExportOptions, out: str | os.Pa
     if len(dims) != 1:
         raise ExportError(f"the image and text graphs of {config.model!r} return different widths {sorted(dims)}")
     manifest = Manifest(
-        format=_FORMAT, model_id=config.model, revision=config.revision, commit=commit,
+        format=EXPORT_FORMAT, model_id=config.model, revision=config.revision, commit=commit,
         random_weights=config.load_format == "dummy", model_type=hf_config.model_type, pooling=pooling,
         embedding_dim=dims.pop(), image_size=image_size, num_channels=num_channels, opset=opset,
         optimize=options.optimize, precision=options.precision, int8_isa=isa, input_name=INPUT_NAME,
-        output_name=OUTPUT_NAME, files={p.name: _sha256(p) for p in _onnx_files(out)},
+        output_name=OUTPUT_NAME, files={p.name: sha256_of(p) for p in onnx_files(out)},
         versions=package_versions(), check_max_abs_diff=diff, **text,
     )
     (out / MANIFEST).write_bytes(msgspec.json.format(msgspec.json.encode(manifest)))
@@ -432,13 +289,3 @@ def cached_export(config: BackendConfig, options: ExportOptions, cache_dir: str 
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return entry, manifest
-
-
-def discard(entry: Path) -> None:
-    """Remove a cache entry (renamed aside first, so a reader never sees it half-deleted)."""
-    aside = entry.with_name(f".discard-{entry.name}-{os.getpid()}")
-    try:
-        os.rename(entry, aside)
-    except OSError:
-        return
-    shutil.rmtree(aside, ignore_errors=True)

@@ -207,7 +207,7 @@ def main() -> None:
             rows.append({"config": name, "batch": batch, "images_per_s": median, "runs": runs,
                          "utilisation": median * gflop / peak if gflop else None})
             print(f"{name:12s} batch {batch:3d}: {median:8.2f} images/s  (runs {', '.join(f'{r:.2f}' for r in runs)})", flush=True)
-    from backends.onnx_export import package_versions
+    from backends.onnx_manifest import package_versions
 
     results = {
         "commit": _commit(), "machine": _machine(), "model": args.model if not args.quick else "tiny ViT",

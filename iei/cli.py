@@ -64,7 +64,8 @@ def export(args: argparse.Namespace) -> int:
         log.error("cannot export: %s exists and is not empty", out)
         return 2
     try:
-        from backends.onnx_export import ExportOptions, export_model
+        from backends.onnx_export import export_model
+        from backends.onnx_manifest import ExportOptions
 
         source = resolve_model(args.model, args.revision, args.load_format)
         spec = load_spec(source.processor_source, source.revision)  # the pixel size the graph is traced at

@@ -18,7 +18,8 @@ from transformers import IJepaConfig, IJepaModel  # noqa: E402
 from backends import load_backend  # noqa: E402
 from backends.base import BackendConfig, BackendError  # noqa: E402
 from backends.onnx_backend import OnnxBackend  # noqa: E402
-from backends.onnx_export import MANIFEST, MODEL_FILE, ExportError, ExportOptions, export_model, read_export  # noqa: E402
+from backends.onnx_export import ExportError, export_model  # noqa: E402
+from backends.onnx_manifest import MANIFEST, MODEL_FILE, ExportOptions, read_export  # noqa: E402
 from backends.onnx_providers import ProviderPlan  # noqa: E402
 from iei.models import catalog_dir  # noqa: E402
 from tests.model_factory import FAMILIES, make_tiny_model  # noqa: E402

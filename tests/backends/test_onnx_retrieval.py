@@ -13,7 +13,8 @@ import onnxruntime as ort  # noqa: E402
 
 from backends import load_backend  # noqa: E402
 from backends.base import BackendConfig  # noqa: E402
-from backends.onnx_export import TEXT_MODEL_FILE, ExportOptions, export_model  # noqa: E402
+from backends.onnx_export import export_model  # noqa: E402
+from backends.onnx_manifest import TEXT_MODEL_FILE, ExportOptions  # noqa: E402
 from tests.model_factory import make_tiny_model  # noqa: E402
 
 
