@@ -43,11 +43,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serving_bench import (  # noqa: E402  (a sibling script, not a package)
-    CACHE, RESULTS, WRK_LUA, Server, _group_cpu_s, _system_busy_s, free_port, image_file, machine_facts,
-    vit_model, wait_quiet,
+from common import (  # noqa: E402  (a sibling module, not a package)
+    CACHE, RESULTS, Server, _group_cpu_s, _system_busy_s, free_port, image_file, machine_facts, vit_model, wait_quiet,
 )
 from inprocess import InProcess  # noqa: E402
+from wrk_load import WRK_LUA  # noqa: E402
 
 CONFIGS: dict[str, list[str]] = {
     "torch": ["--backend", "torch"],

@@ -43,7 +43,7 @@ from common import (
     machine_facts,
     vit_model,
 )
-from serving_bench import run_wrk
+from wrk_load import run_wrk
 
 ROLES = ("http", "preprocess", "model", "other")
 

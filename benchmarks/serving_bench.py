@@ -21,32 +21,24 @@ A server whose environment is missing is skipped (and said so in the results). N
 from __future__ import annotations
 
 import argparse
-import base64
 import datetime as dt
 import json
-import os
-import re
 import shlex
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402,F401  (a sibling module; names re-exported for older importers)
-    BENCH, CACHE, RESULTS, ROOT, Server, _group_cpu_s, _self_cpu_s, _system_busy_s, foreign_cpu, free_port,
-    image_file, machine_facts, post_json, synthetic_photo, vit_model, wait_quiet,
+from common import (  # noqa: E402  (a sibling module, not a package)
+    RESULTS, ROOT, _self_cpu_s, _system_busy_s, image_file, machine_facts, vit_model, wait_quiet,
 )
+from contenders import SERVERS, make_server, server_available  # noqa: E402
 from inprocess import InProcess  # noqa: E402
-
-WRK_LUA = BENCH / "wrk" / "post_body.lua"
-IEI_VENV = ROOT / ".venv"  # --iei-venv picks another (e.g. one with pillow-simd)
-BASELINE_VENV = BENCH / ".venv-baselines"
-INFINITY_VENV = BENCH / ".venv-infinity"
+from wrk_load import run_wrk, wrk_command  # noqa: E402
 
 # IEI flags per scenario. A model whose time is ~0 gets one CPU thread: a team of OpenMP threads
 # would spin on cores the decoders need. The compute scenario also gets --max-batch-size set to the
@@ -59,152 +51,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "compute": dict(model="base", image=(1024, 768), connections=16, unit="img/s",
                     title="Compute-bound: vit-base shape fp32, 1024x768 JPEG, 16 connections"),
 }
-SERVERS = ("iei", "original", "infinity")
 INPROCESS_BATCH_SIZES = (1, 2, 4, 8, 16)
-
-
-# ---------------------------------------------------------------------------------------------
-# inputs: models and images
-
-
-def _clip_tokenizer(folder: Path):
-    """A working CLIPTokenizer built offline: byte-level vocabulary, no merges."""
-    from transformers import CLIPTokenizer
-    from transformers.models.clip.tokenization_clip import bytes_to_unicode
-
-    chars = list(bytes_to_unicode().values())
-    vocab = {c: i for i, c in enumerate(chars)}
-    for c in chars:
-        vocab[c + "</w>"] = len(vocab)
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        vocab[special] = len(vocab)
-    tok_dir = folder / "_tok"
-    tok_dir.mkdir(parents=True, exist_ok=True)
-    (tok_dir / "vocab.json").write_text(json.dumps(vocab))
-    (tok_dir / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt")), len(vocab)
-
-
-def clip_model(kind: str) -> Path:
-    """Random-weight CLIP for infinity (which embeds images with CLIP-style models); the vision tower
-    matches the ViT of the same scenario (tiny: hidden 32, 2 layers, patch 32; base: ViT-B/16 at 224)."""
-    folder = CACHE / "models" / f"clip-{kind}"
-    if (folder / "config.json").exists() and (folder / "preprocessor_config.json").exists():
-        return folder
-    import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    tokenizer, vocab_size = _clip_tokenizer(folder)
-    if kind == "tiny":
-        vision = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                      image_size=224, patch_size=32)
-        text = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-        proj = 32
-    else:
-        vision = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                      image_size=224, patch_size=16)
-        text = dict(hidden_size=512, num_hidden_layers=2, num_attention_heads=8, intermediate_size=2048)
-        proj = 512
-    text.update(vocab_size=vocab_size, max_position_embeddings=77, bos_token_id=vocab_size - 2,
-                eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1)
-    torch.manual_seed(0)
-    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=proj)).eval().save_pretrained(folder)
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
-    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
-    shutil.rmtree(folder / "_tok")
-    return folder
-
-
-# ---------------------------------------------------------------------------------------------
-# servers
-
-
-def b64(path: Path) -> str:
-    return base64.b64encode(path.read_bytes()).decode()
-
-
-def make_server(name: str, scenario: str, image: Path, iei_args: list[str]) -> Server:
-    port = free_port()
-    kind = SCENARIOS[scenario]["model"]
-    if name == "iei":
-        model = vit_model(kind)
-        cmd = [IEI_VENV / "bin" / "iei", "serve", "--model", model, "--host", "127.0.0.1", "--port", str(port),
-               "--log-level", "warning", *SCENARIOS[scenario].get("iei_args", []), *iei_args]
-        body = json.dumps({"inputs": [b64(image)]}).encode()
-        return Server(name, cmd, {}, port, "/embed", body, lambda r: r[0])
-    if name == "original":
-        model = vit_model(kind)
-        cmd = [BASELINE_VENV / "bin" / "uvicorn", "original_server:app", "--app-dir", BENCH / "baselines",
-               "--host", "127.0.0.1", "--port", str(port), "--workers", "4", "--log-level", "warning"]
-        body = json.dumps({"inputs": [b64(image)]}).encode()
-        return Server(name, cmd, {"IMAGE_EMBEDDING_MODEL": str(model)}, port, "/embed", body, lambda r: r[0])
-    if name == "infinity":
-        model = clip_model(kind)
-        cmd = [INFINITY_VENV / "bin" / "infinity_emb", "v2", "--model-id", model, "--served-model-name", "clip",
-               "--engine", "torch", "--device", "cpu", "--dtype", "float32",
-               "--no-bettertransformer", "--host", "127.0.0.1", "--port", str(port)]
-        uri = "data:image/jpeg;base64," + b64(image)
-        body = json.dumps({"input": [uri], "model": "clip", "modality": "image"}).encode()
-        return Server(name, cmd, {"INFINITY_ANONYMOUS_USAGE_STATS": "0"}, port, "/embeddings", body,
-                      lambda r: r["data"][0]["embedding"])
-    raise ValueError(name)
-
-
-def server_available(name: str) -> str | None:
-    """None if the server can run here, else why not."""
-    if name == "iei":
-        iei = IEI_VENV / "bin" / "iei"
-        return None if iei.exists() else f"{iei} missing"
-    if name == "original":
-        ok = (BASELINE_VENV / "bin" / "uvicorn").exists()
-        return None if ok else "benchmarks/.venv-baselines missing: run bash benchmarks/baselines/install.sh"
-    if name == "infinity":
-        ok = (INFINITY_VENV / "bin" / "infinity_emb").exists()
-        return None if ok else "benchmarks/.venv-infinity missing: run bash benchmarks/baselines/install.sh --infinity"
-    return f"unknown server {name!r}"
-
-
-# ---------------------------------------------------------------------------------------------
-# wrk
-
-
-def run_wrk(server: Server, connections: int, duration_s: float, threads: int, timeout_s: int) -> dict[str, Any]:
-    body_path = CACHE / "bodies" / f"{server.name}-{server.port}.json"
-    body_path.parent.mkdir(parents=True, exist_ok=True)
-    body_path.write_bytes(server.body)
-    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s:g}s", f"--timeout={timeout_s}s", "--latency",
-           "-s", str(WRK_LUA), server.url]
-    load_before = os.getloadavg()[0]
-    pgid = server.process.pid if server.process else 0
-    b0, g0, s0 = _system_busy_s(), _group_cpu_s(pgid), _self_cpu_s()
-    proc = subprocess.run(cmd, env={**os.environ, "WRK_BODY": str(body_path)}, capture_output=True, text=True,
-                          timeout=duration_s + timeout_s + 60)
-    m = re.search(r"^BENCH_JSON (\{.*\})$", proc.stdout, re.M)
-    if proc.returncode != 0 or not m:
-        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stdout[-800:]} {proc.stderr[-800:]}")
-    raw = json.loads(m.group(1))
-    seconds = raw["duration_us"] / 1e6
-    b1, g1, s1 = _system_busy_s(), _group_cpu_s(pgid), _self_cpu_s()
-    wall = max(seconds, 1e-3)
-    server_cores = (g1 - g0) / wall
-    foreign_cores = max(0.0, (b1 - b0) - (g1 - g0) - (s1 - s0)) / wall
-    errors = {k[len("errors_"):]: v for k, v in raw.items() if k.startswith("errors_") and v}
-    ok = raw["requests"] - raw["errors_status"]
-    return {
-        "requests": raw["requests"], "seconds": round(seconds, 3),
-        "rps": round(raw["requests"] / seconds, 2),
-        "ok_rps": round(ok / seconds, 2),
-        "p50_ms": raw["p50_us"] / 1e3, "p90_ms": raw["p90_us"] / 1e3, "p99_ms": raw["p99_us"] / 1e3,
-        "mean_ms": round(raw["mean_us"] / 1e3, 3), "max_ms": raw["max_us"] / 1e3,
-        "errors": errors, "loadavg_1m_before": round(load_before, 2),
-        "server_cores": round(server_cores, 2), "wrk_and_bench_cores": round((s1 - s0) / wall, 2),
-        "other_cores": round(foreign_cores, 2),
-    }
-
-
-def wrk_command(connections: int, duration_s: float, threads: int, timeout_s: int, url: str) -> str:
-    return (f"WRK_BODY=<body.json> wrk -t{threads} -c{connections} -d{duration_s:g}s --timeout={timeout_s}s "
-            f"--latency -s benchmarks/wrk/post_body.lua {url}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,12 +109,12 @@ def run_scenario(scenario: str, servers: list[str], args, iei_args: list[str]) -
                               "duration_s": duration, "warmup_s": warmup, "runs": args.runs, "servers": {}}
     print(f"== {scenario}: {spec['title']}", flush=True)
     for name in servers:
-        why = server_available(name)
+        why = server_available(name, args.iei_venv)
         if why:
             print(f"  {name}: skipped ({why})", flush=True)
             result["servers"][name] = {"skipped": why}
             continue
-        server = make_server(name, scenario, image, iei_args)
+        server = make_server(name, spec["model"], image, [*spec.get("iei_args", []), *iei_args], args.iei_venv)
         entry: dict[str, Any] = {"command": server.command_line(), "route": server.route,
                                  "wrk": wrk_command(spec["connections"], duration, args.wrk_threads, timeout,
                                                     server.url)}
@@ -457,8 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("wrk") is None:
         p.error("wrk not found (apt-get install wrk)")
     iei_args = shlex.split(args.iei_args)
-    global IEI_VENV
-    IEI_VENV = args.iei_venv.resolve()
+    args.iei_venv = args.iei_venv.resolve()
     if args.inprocess_only:
         out = args.out or RESULTS / "serving"
         report = json.loads(out.with_suffix(".json").read_text())
