@@ -89,13 +89,12 @@ def serve(settings: Settings) -> int:
     # Heavy imports here, so `iei --help` stays fast.
     from backends import BackendError
     from iei.engine import EmbeddingEngine
-    from iei.models import ModelNotFound
     from iei.server import create_app
     from iei.server.runner import run_server
 
     try:
-        engine = EmbeddingEngine.load(settings)
-    except (ModelNotFound, BackendError, ValueError, OSError) as e:
+        engine = EmbeddingEngine.load(settings)  # the model process reports a missing model as a BackendError
+    except (BackendError, ValueError, OSError) as e:
         log.error("cannot start: %s", e)
         return 2
     return 0 if run_server(create_app(settings, engine), engine, settings) else 3

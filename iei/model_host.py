@@ -89,13 +89,22 @@ def host_main(conn: Connection, settings: Settings) -> None:
 
     configure_logging(settings.log_format, settings.log_level)
     backend = _load(conn, settings)
-    if backend is None:
-        return
+    if backend is not None:
+        _serve(conn, backend)
+    # Skip the interpreter's teardown: unloading torch and its thread pools takes a second or two, and
+    # the server waits for this process before it can exit (or report why the model did not load).
+    # Nothing is left to flush but the logs. A crash above still exits the normal way, with its traceback.
+    logging.shutdown()
+    os._exit(0)
+
+
+def _serve(conn: Connection, backend) -> None:
+    """Run batches until the server closes the pipe."""
     encode, decode = msgspec.msgpack.encode, msgspec.msgpack.decode
     shm = slab = None
     frames = FrameReader(conn)
     try:
-        for frame in frames:  # ends when the server closes the pipe
+        for frame in frames:
             message = decode(frame)
             if message[0] == "attach":
                 shm, slab = attach_slab(message[1], tuple(message[2]))
@@ -111,7 +120,3 @@ def host_main(conn: Connection, settings: Settings) -> None:
         del slab
         if shm is not None:
             shm.close()
-    # Skip the interpreter's teardown: unloading torch and its thread pools takes a second or two, and
-    # the server waits for this process before it can exit. Nothing is left to flush but the logs.
-    logging.shutdown()
-    os._exit(0)

@@ -39,7 +39,7 @@ def check_dimensions(dimensions: int | None, embedding_dim: int) -> None:
 def embed_locally(paths: Sequence[str], settings: Settings, sink: ResultSink, *, normalize: bool,
                   dimensions: int | None) -> None:
     """Blocking: load the model, embed every path, stop. Bad files go to `sink.failed`. Raises
-    ModelNotFound, BackendError or ValueError if the model cannot be loaded."""
+    BackendError (a model that is not found included) if the model cannot be loaded."""
     settings = settings.replace(batch_jobs=False)  # no server, no background jobs (nor their worker)
     window = slots_for(settings)
     engine = EmbeddingEngine.load(settings.replace(max_concurrent_requests=max(window, settings.max_concurrent_requests)))
