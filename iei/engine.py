@@ -123,7 +123,7 @@ class EmbeddingEngine:
         """Blocking: start the model process and wait until it has resolved the model, read its
         preprocessing and tokenizer, and loaded and warmed the model. Raises BackendError with a message
         fit for the console (a model that is not found or an unsupported processor included)."""
-        model = ModelProcess(settings, batch_timeout_s=settings.batch_timeout_ms / 1000)
+        model = ModelProcess(settings)
         return cls(settings, model, model.spec, model.text_spec)
 
     async def start(self) -> None:

@@ -100,12 +100,12 @@ class ThreadRunner:
 class ModelProcess:
     """The backend in a child process (see `iei.model_host`). If the process dies, its in-flight
     batches fail with BackendFailed and a new process is started; `alive` is False meanwhile.
-    A watchdog kills the process when one batch takes longer than `batch_timeout_s` (0: never):
+    A watchdog kills the process when one batch takes longer than `settings.batch_timeout_ms` (0: never):
     a hung model is then handled like a crashed one."""
 
-    def __init__(self, settings: Settings, batch_timeout_s: float = 0.0) -> None:
+    def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._batch_timeout_s = batch_timeout_s
+        self._batch_timeout_s = settings.batch_timeout_ms / 1000
         self._watchdog: asyncio.Task | None = None
         self._head_since = 0.0  # when the model started the oldest batch in flight (time.monotonic())
         self._hung = False
