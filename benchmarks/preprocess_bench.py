@@ -149,7 +149,7 @@ def markdown(report: dict) -> str:
         )
     lines += ["", "Exact = `draft=False` (bit-exact with transformers' slow processor); draft = JPEG DCT-domain "
               "downscale by 2/4/8 to no less than the resize size (mean abs diff < 0.02 on the normalised "
-              "tensor, cosine ≥ 0.999; see tests/preprocess/test_image.py).", ""]
+              "tensor, cosine ≥ 0.999; see tests/preprocess/test_image_parity.py).", ""]
     return "\n".join(lines)
 
 
