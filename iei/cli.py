@@ -87,16 +87,23 @@ def export(args: argparse.Namespace) -> int:
 
 def serve(settings: Settings) -> int:
     # Heavy imports here, so `iei --help` stays fast.
+    import importlib
+    import threading
+
     from backends import BackendError
     from iei.engine import EmbeddingEngine
-    from iei.server import create_app
-    from iei.server.runner import run_server
 
+    # The web stack imports on a thread while the model loads (this thread only waits for the model
+    # process then); a daemon thread, so Ctrl-C during the load still exits at once.
+    threading.Thread(target=importlib.import_module, args=("iei.server.runner",), daemon=True).start()
     try:
         engine = EmbeddingEngine.load(settings)  # the model process reports a missing model as a BackendError
     except (BackendError, ValueError, OSError) as e:
         log.error("cannot start: %s", e)
         return 2
+    from iei.server import create_app
+    from iei.server.runner import run_server
+
     return 0 if run_server(create_app(settings, engine), engine, settings) else 3
 
 

@@ -30,7 +30,7 @@ from iei.errors import (
 )
 from iei.metrics import Metrics
 from iei.model_runner import ModelProcess, ModelRunner
-from iei.preprocess.pool import PreprocessPool
+from iei.preprocess.pool import PreprocessPool, start_worker_server
 from iei.preprocess.spec import PreprocessSpec
 from iei.preprocess.text import TextSpec, pad_tokens
 from iei.url_inputs import UrlFetcher, looks_like_url
@@ -123,6 +123,7 @@ class EmbeddingEngine:
         """Blocking: start the model process and wait until it has resolved the model, read its
         preprocessing and tokenizer, and loaded and warmed the model. Raises BackendError with a message
         fit for the console (a model that is not found or an unsupported processor included)."""
+        start_worker_server()  # imports the decoders' modules while the model loads
         model = ModelProcess(settings)
         return cls(settings, model, model.spec, model.text_spec)
 
