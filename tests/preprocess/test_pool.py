@@ -120,6 +120,24 @@ async def test_a_killed_worker_fails_only_the_image_it_was_on_and_is_replaced(po
     pool.release_slot(slot)
 
 
+async def test_a_dead_worker_is_replaced_even_when_the_fork_server_died(pool):
+    # Workers are forked from a fork server; if that server is gone (OOM-killed, say), the pool starts
+    # a new one for the replacement, and the surviving worker goes on serving meanwhile.
+    from multiprocessing import forkserver
+
+    os.kill(forkserver._forkserver._forkserver_pid, signal.SIGKILL)
+    victim = pool.worker_pids[0]
+    os.kill(victim, signal.SIGKILL)
+    await asyncio.sleep(0.2)
+    await wait_for_workers(pool, 2)
+    assert victim not in pool.worker_pids
+    slots = [await pool.acquire_slot() for _ in range(4)]
+    await asyncio.gather(*(pool.prepare(png(), "raw", slot) for slot in slots))  # on both workers
+    for slot in slots:
+        np.testing.assert_array_equal(pool.pixels[slot], prepare_pixels(png(), SPEC))
+        pool.release_slot(slot)
+
+
 def noisy_png(size: int) -> bytes:
     pixels = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
     buf = io.BytesIO()
