@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import re
 import shutil
 import signal
 import statistics
@@ -50,7 +51,8 @@ ROLES = ("http", "preprocess", "model", "other")
 
 def process_roles(server_pid: int) -> dict[int, str]:
     """pid -> role for the server's process group: the server itself is the HTTP process; a child that
-    has loaded torch or onnxruntime is the model process; the resource tracker is `other`; the rest decode."""
+    has loaded torch or onnxruntime is the model process; the resource tracker and the workers' fork server
+    (the server's own child; the workers it forks share its command line) are `other`; the rest decode."""
     roles = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -65,7 +67,7 @@ def process_roles(server_pid: int) -> dict[int, str]:
             continue
         if pid == server_pid:
             roles[pid] = "http"
-        elif b"resource_tracker" in cmdline:
+        elif b"resource_tracker" in cmdline or (b"forkserver" in cmdline and int(rest[1]) == server_pid):
             roles[pid] = "other"
         elif "libtorch_cpu" in maps or "onnxruntime" in maps:
             roles[pid] = "model"
@@ -115,6 +117,10 @@ def profile(server: Server, roles: dict[int, str], args) -> dict[str, Any]:
     return top_functions(raw.read_text(), roles, args.top)
 
 
+# A command line may hold ';' (the fork server's `-c` code does), so it cannot be split off by ';'.
+_PROCESS_FRAME = re.compile(r'process (\d+):"[^"]*";?')
+
+
 def top_functions(collapsed: str, roles: dict[int, str], top: int) -> dict[str, Any]:
     """From py-spy's raw (collapsed) output: per role, the leaf frames with the most samples, as % of all samples."""
     leaves: dict[str, Counter] = {role: Counter() for role in ROLES}
@@ -123,11 +129,11 @@ def top_functions(collapsed: str, roles: dict[int, str], top: int) -> dict[str, 
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        frames = stack.split(";")
         role = "other"
-        while frames and frames[0].startswith("process "):  # --subprocesses: `process PID:"cmdline"`, parent first
-            role = roles.get(int(frames[0].split(":", 1)[0].split()[1]), "other")
-            frames = frames[1:]
+        while process := _PROCESS_FRAME.match(stack):  # --subprocesses: `process PID:"cmdline"`, parent first
+            role = roles.get(int(process.group(1)), "other")
+            stack = stack[process.end():]
+        frames = stack.split(";")
         leaves[role][frames[-1] if frames else "?"] += int(count)
         total += int(count)
     result = {"samples": total, "top": {}}

@@ -62,6 +62,10 @@ def test_overhead_quick_splits_cpu_by_role(tmp_path):
     report = json.loads((tmp_path / "overhead.json").read_text())
     assert report["roles"]["http"] == 1 and report["roles"]["model"] == 1 and report["roles"]["preprocess"] >= 1
     assert report["median"]["cpu_ms_per_image"]["http"] > 0
+    assert report["roles"]["other"] >= 2  # the resource tracker and the workers' fork server
+    profile = report["profile"]
+    if "skipped" not in profile:  # each role's samples were told apart (a ';' in a command line once hid the workers')
+        assert profile["role_pct"]["http"] > 0 and profile["role_pct"]["preprocess"] > 0
 
 
 @pytest.mark.slow
