@@ -112,8 +112,9 @@ def run_task(task: Task, spec: PreprocessSpec, slab: np.ndarray, tokenize: Token
 
 def worker_main(conn: Connection, slab_name: str, slab_shape: tuple[int, ...], spec_bytes: bytes,
                 text_spec_bytes: bytes | None = None, niceness: int = 0) -> None:
-    """Entry point of a worker process (spawned: no state is inherited from the server). `niceness`
-    above 0 lowers its CPU priority (background-job workers)."""
+    """Entry point of a worker process (forked from the pool's fork server, a fresh interpreter: no state
+    of the server's process is inherited). `niceness` above 0 lowers its CPU priority (background-job
+    workers)."""
     if niceness:
         os.nice(niceness)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when workers stop
@@ -122,6 +123,10 @@ def worker_main(conn: Connection, slab_name: str, slab_shape: tuple[int, ...], s
     spec = msgspec.msgpack.decode(spec_bytes, type=PreprocessSpec)
     tokenize = Tokenizer(msgspec.msgpack.decode(text_spec_bytes, type=TextSpec)) if text_spec_bytes else None
     if tokenize is not None:
+        # A tokenizer needs no torch, but transformers imports torch whenever it is installed: ~6 s and
+        # ~250 MB per worker. A worker never runs a model, so it tells transformers to leave torch out
+        # (and not to log that it did).
+        os.environ.update(USE_TORCH="0", TRANSFORMERS_NO_ADVISORY_WARNINGS="1")
         tokenize.load()
     shm, slab = attach_slab(slab_name, slab_shape)
     decode_task = msgspec.msgpack.Decoder(Task).decode

@@ -4,6 +4,7 @@ random tokenizers are built offline, and the text spec follows the model."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import msgspec
 import numpy as np
@@ -13,8 +14,9 @@ from transformers import AutoTokenizer
 from backends.base import ModelInfo
 from iei.errors import InputError
 from iei.models import ModelSource, resolve_model
+from iei.preprocess.pool import PreprocessPool
 from iei.preprocess.random_tokenizer import random_tokenizer_dir
-from iei.preprocess.spec import load_spec
+from iei.preprocess.spec import load_spec, make_spec
 from iei.preprocess.text import TextSpec, Tokenizer, load_text_spec, pad_tokens, text_spec_for
 from iei.preprocess.worker import NO_SLOT, STATUS_INPUT_ERROR, STATUS_OK, Task, run_task
 from tests.model_factory import TEXT_MAX_LENGTH, make_tiny_model
@@ -46,6 +48,26 @@ def test_worker_tokenises_as_the_models_tokenizer(tiny_dir, family):
         assert len(got) <= TEXT_MAX_LENGTH[family]
     assert len(tokenize("word " * 200)) == TEXT_MAX_LENGTH[family]  # truncated, end token kept
     assert spec.pad_to_max_length == (family == "siglip")
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+async def test_pool_workers_tokenise_without_loading_torch(tiny_dir, family):
+    """A worker's tokenizer gives the model tokenizer's ids without torch in the worker (torch would cost
+    each worker ~6 s of start-up and ~250 MB)."""
+    spec = _spec(tiny_dir[family], family)
+    reference = AutoTokenizer.from_pretrained(tiny_dir[family])
+    padding = "max_length" if family == "siglip" else False
+    pool = PreprocessPool(make_spec(resize="fixed", resample=2, resize_height=8, resize_width=8), workers=1, slots=1,
+                          text_spec=spec)
+    await pool.start()
+    try:
+        for text in TEXTS:
+            want = reference(text, truncation=True, padding=padding, max_length=TEXT_MAX_LENGTH[family])["input_ids"]
+            assert (await pool.tokenize(text)).tolist() == want, text
+        (pid,) = pool.worker_pids
+        assert "libtorch" not in Path(f"/proc/{pid}/maps").read_text()
+    finally:
+        await pool.close()
 
 
 def test_text_task_replies_with_token_ids_and_no_slot(tiny_dir):
