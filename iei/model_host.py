@@ -30,10 +30,11 @@ import msgspec
 import numpy as np
 
 from backends import BackendError, load_backend
+from backends.onnx_manifest import is_export_folder
 from iei.config import Settings
 from iei.ipc import FrameReader
 from iei.model_plan import model_plan
-from iei.models import ModelNotFound
+from iei.models import ModelNotFound, transformers_without_torch
 from iei.preprocess.text import text_spec_for
 from iei.preprocess.worker import attach_slab
 
@@ -88,6 +89,8 @@ def host_main(conn: Connection, settings: Settings) -> None:
     from iei.logs import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
+    if settings.backend != "torch" and is_export_folder(settings.model):
+        transformers_without_torch()  # an export runs on ONNX Runtime; only exporting needs torch
     backend = _load(conn, settings)
     if backend is not None:
         _serve(conn, backend)

@@ -7,6 +7,7 @@ Hugging Face cache, never the network.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -14,6 +15,13 @@ import msgspec
 
 CATALOG_DIR = Path(__file__).resolve().parent / "catalog"
 _REQUIRED_FILES = ("config.json", "preprocessor_config.json")
+
+
+def transformers_without_torch() -> None:
+    """Have this process's transformers leave torch out: it imports torch whenever torch is installed, which
+    costs ~6 s and ~250 MB. For processes that read processors and tokenizers but run no torch model (the
+    preprocessing workers; the model process serving a ready ONNX export). Call before importing transformers."""
+    os.environ.update(USE_TORCH="0", TRANSFORMERS_NO_ADVISORY_WARNINGS="1")  # and no notice that torch is off
 
 
 class ModelNotFound(Exception):

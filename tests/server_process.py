@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -15,6 +16,10 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def loads_torch(pid: int) -> bool:
+    return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
 
 
 def free_port() -> int:
@@ -31,6 +36,10 @@ class ServerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def model_pids(self) -> list[int]:
+        """The model processes started so far, oldest first (from the log)."""
+        return [int(pid) for pid in re.findall(r"model process ready \(pid (\d+)\)", self.log())]
 
 
 @contextmanager

@@ -22,6 +22,7 @@ import numpy as np
 
 from iei.errors import InputError
 from iei.ipc import FrameReader
+from iei.models import transformers_without_torch
 from iei.preprocess.image import decode_payload, prepare_pixels
 from iei.preprocess.spec import PreprocessSpec
 from iei.preprocess.text import TextSpec, Tokenizer
@@ -123,10 +124,7 @@ def worker_main(conn: Connection, slab_name: str, slab_shape: tuple[int, ...], s
     spec = msgspec.msgpack.decode(spec_bytes, type=PreprocessSpec)
     tokenize = Tokenizer(msgspec.msgpack.decode(text_spec_bytes, type=TextSpec)) if text_spec_bytes else None
     if tokenize is not None:
-        # A tokenizer needs no torch, but transformers imports torch whenever it is installed: ~6 s and
-        # ~250 MB per worker. A worker never runs a model, so it tells transformers to leave torch out
-        # (and not to log that it did).
-        os.environ.update(USE_TORCH="0", TRANSFORMERS_NO_ADVISORY_WARNINGS="1")
+        transformers_without_torch()  # a tokenizer needs none
         tokenize.load()
     shm, slab = attach_slab(slab_name, slab_shape)
     decode_task = msgspec.msgpack.Decoder(Task).decode

@@ -12,7 +12,6 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.test_model_process import model_pids
 from tests.server_process import running_server
 
 pytestmark = pytest.mark.slow
@@ -62,7 +61,7 @@ def test_hung_model_is_killed_by_the_watchdog_and_restarted(tiny_model, seed_bas
                         "--batch-timeout-ms", "1000", log_dir=server_logs) as server:
         body = {"inputs": seed_base64[:1]}
         assert httpx.post(server.url + "/embed", json=body, timeout=60).status_code == 200
-        (pid,) = model_pids(server.log())
+        (pid,) = server.model_pids()
         os.kill(pid, signal.SIGSTOP)  # hangs like a deadlocked kernel would: alive, never answers
         started = time.monotonic()
         hung = httpx.post(server.url + "/embed", json=body, timeout=60)
@@ -70,7 +69,7 @@ def test_hung_model_is_killed_by_the_watchdog_and_restarted(tiny_model, seed_bas
         assert "batch_timeout_ms" in hung.json()["error"] and time.monotonic() - started < 5
         wait_healthy(server.url)
         assert httpx.post(server.url + "/embed", json=body, timeout=60).status_code == 200
-        assert len(model_pids(server.log())) == 2 and server.process.poll() is None
+        assert len(server.model_pids()) == 2 and server.process.poll() is None
 
 
 def inflight_images(url: str) -> int:

@@ -5,21 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.server_process import running_server
+from tests.server_process import loads_torch, running_server
 
 pytestmark = pytest.mark.slow
-
-
-def model_pids(log: str) -> list[int]:
-    return [int(pid) for pid in re.findall(r"model process ready \(pid (\d+)\)", log)]
 
 
 def access_lines(log: str) -> list[dict]:
@@ -30,9 +24,8 @@ def access_lines(log: str) -> list[dict]:
 def test_only_the_model_process_loads_torch(vit_server):
     """The HTTP process never imports torch (nor transformers, which pulls it in): the model process reads
     the model's preprocessing and tokenizer and hands them over. That saves seconds at every start and stop."""
-    model_pid = model_pids(vit_server.log())[-1]
-    assert "libtorch" not in Path(f"/proc/{vit_server.process.pid}/maps").read_text()
-    assert "libtorch" in Path(f"/proc/{model_pid}/maps").read_text()
+    assert not loads_torch(vit_server.process.pid)
+    assert loads_torch(vit_server.model_pids()[-1])
 
 
 def test_killed_model_process_is_replaced(tiny_model, seed_base64, server_logs):
@@ -40,7 +33,7 @@ def test_killed_model_process_is_replaced(tiny_model, seed_base64, server_logs):
                         log_dir=server_logs) as server:
         body = {"inputs": seed_base64[:2]}
         assert httpx.post(server.url + "/embed", json=body, timeout=60).status_code == 200
-        (pid,) = model_pids(server.log())
+        (pid,) = server.model_pids()
         os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 5
         while httpx.get(server.url + "/health").status_code == 200 and time.monotonic() < deadline:
@@ -54,7 +47,7 @@ def test_killed_model_process_is_replaced(tiny_model, seed_base64, server_logs):
             assert time.monotonic() < deadline, server.log()
             time.sleep(0.2)
         assert httpx.post(server.url + "/embed", json=body, timeout=60).status_code == 200
-        assert len(model_pids(server.log())) == 2 and server.process.poll() is None
+        assert len(server.model_pids()) == 2 and server.process.poll() is None
     first = access_lines(server.log())[0]  # one structured line per request, with its stage times
     assert first["status"] == 200 and first["images"] == 2 and first["request_id"]
     assert {"total_ms", "preprocess_ms", "queue_ms", "inference_ms"} <= set(first)

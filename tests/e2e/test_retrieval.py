@@ -16,25 +16,35 @@ from PIL import Image
 
 from tests.e2e.reference import cosine, retrieval_reference, text_reference
 from tests.model_factory import TEXT_MAX_LENGTH
-from tests.server_process import running_server
+from iei.cli import main as cli_main
+from tests.server_process import loads_torch, running_server
 
 pytestmark = pytest.mark.slow
 
 TEXTS = ["a photo of a cat", "", "a leather bag", "a much longer description of a pair of boots " * 3, "naïve café 🐈"]
-CASES = [("clip", "torch"), ("siglip", "torch"), ("dinov2", "torch"), ("clip", "onnx"), ("siglip", "onnx"),
+# "onnx": exported into the cache at start-up; "onnx-export": an `iei export` folder, served with no torch
+# in the model process (its processor and tokenizer are read without it).
+CASES = [("clip", "torch"), ("siglip", "torch"), ("dinov2", "torch"), ("clip", "onnx"), ("siglip", "onnx-export"),
          ("dinov2", "onnx")]
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[f"{f}-{b}" for f, b in CASES])
 def served(request, tiny_model, server_logs, tmp_path_factory):
     family, backend = request.param
-    args = ["--model", str(tiny_model(family)), "--backend", backend, "--preprocess-workers", "2",
+    model = tiny_model(family)
+    if backend.startswith("onnx"):
+        pytest.importorskip("onnxruntime")
+    if backend == "onnx-export":
+        model = tmp_path_factory.mktemp("export") / family
+        assert cli_main(["export", str(tiny_model(family)), "--output", str(model)]) == 0
+    args = ["--model", str(model), "--backend", backend.removesuffix("-export"), "--preprocess-workers", "2",
             "--backend-threads", "1", "--max-batch-delay-ms", "5"]
     if backend == "onnx":
-        pytest.importorskip("onnxruntime")
         args += ["--onnx-cache-dir", str(tmp_path_factory.mktemp("onnx"))]
     # ONNX exports two graphs at start-up: allow for a loaded CI machine
     with running_server(*args, log_dir=server_logs, timeout_s=300 if backend == "onnx" else 120) as server:
+        if backend == "onnx-export":
+            assert not loads_torch(server.model_pids()[-1])
         yield family, backend, server
 
 
