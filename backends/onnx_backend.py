@@ -18,14 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import BackendConfig, BackendError, ModelInfo, check_pixels, check_tokens
+from backends.base import BackendConfig, BackendError, ModelInfo, check_pixels, check_tokens, warmup_batch_sizes
 from backends.onnx_export import cached_export
 from backends.onnx_manifest import MODEL_FILE, TEXT_MODEL_FILE, ExportOptions, Manifest, is_export_folder, read_export
 from backends.onnx_providers import CPU, ProviderPlan, plan_providers, session_options
 
 logger = logging.getLogger("iei.backends.onnx")
 
-_CPU_WARMUP_CAP = 8
 _TENSORRT = "TensorrtExecutionProvider"
 
 
@@ -97,10 +96,10 @@ class OnnxBackend:
             raise BackendError(f"model failed on a batch of {len(input_ids)} texts: {type(e).__name__}: {_short(e, 200)}") from e
 
     def warmup(self) -> None:
-        """Zeros at batch 1 and at the largest batch (capped at 8 on CPU; on TensorRT this builds the engine)."""
+        """Zeros at batch 1, and on a GPU at the largest batch too (on TensorRT this builds the engine).
+        See `backends.base.warmup_batch_sizes`."""
         h, w = self.info.image_size
-        largest = self._max_batch_size if self._on_gpu else min(self._max_batch_size, _CPU_WARMUP_CAP)
-        for batch in sorted({1, max(1, largest)}):
+        for batch in warmup_batch_sizes(self._max_batch_size, on_gpu=self._on_gpu):
             self.embed_images(np.zeros((batch, self._num_channels, h, w), dtype=np.uint8))
             if self._text_session is not None:
                 self.embed_texts(np.zeros((batch, 8), dtype=np.int64), np.ones((batch, 8), dtype=np.int64))

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from backends.base import BackendConfig, BackendError, ModelInfo, check_pixels, check_tokens
+from backends.base import BackendConfig, BackendError, ModelInfo, check_pixels, check_tokens, warmup_batch_sizes
 from backends.pooling import (
     EmbeddingModel, PoolingError, TextEmbeddingModel, family_spec, has_text, model_kwargs, resolve_pooling, vision_config,
 )
@@ -21,7 +21,6 @@ from backends.pooling import (
 logger = logging.getLogger("iei.backends")
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_CPU_WARMUP_CAP = 8  # keep start-up quick on CPU; bigger batches do not get faster there anyway
 _DUMMY_SEED = 0  # dummy weights are the same in every process, so backends can be compared
 
 
@@ -139,10 +138,10 @@ class TorchBackend:
             raise BackendError(f"model failed on a batch of {len(ids)} texts: {type(e).__name__}: {_short(e, 200)}") from e
 
     def warmup(self) -> None:
-        """Run zeros at batch 1 and at the largest batch (capped at 8 on CPU); texts too where there are any."""
+        """Run zeros at batch 1, and on a GPU at the largest batch too; texts too where there are any.
+        See `backends.base.warmup_batch_sizes`."""
         h, w = self.info.image_size
-        largest = self._max_batch_size if self._device.type == "cuda" else min(self._max_batch_size, _CPU_WARMUP_CAP)
-        for batch in sorted({1, max(1, largest)}):
+        for batch in warmup_batch_sizes(self._max_batch_size, on_gpu=self._device.type == "cuda"):
             self.embed_images(np.zeros((batch, self._num_channels, h, w), dtype=np.uint8))
             if "text" in self.info.modalities:
                 self.embed_texts(np.zeros((batch, 8), dtype=np.int64), np.ones((batch, 8), dtype=np.int64))

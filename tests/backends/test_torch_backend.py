@@ -17,7 +17,7 @@ import torch
 from transformers import AutoConfig, AutoModel, BertConfig, BertModel, ViTConfig, ViTForImageClassification
 
 from backends import load_backend
-from backends.base import BackendConfig, BackendError
+from backends.base import BackendConfig, BackendError, warmup_batch_sizes
 from backends.pooling import EmbeddingModel, model_kwargs
 from backends.torch_backend import TorchBackend, load_torch_backend
 from iei.models import resolve_model
@@ -304,7 +304,11 @@ def test_failure_in_forward_is_a_backend_error(tiny_dir, monkeypatch):
 def test_warmup_threads_and_close(tiny_dir):
     threads = torch.get_num_threads()
     backend = _load(tiny_dir["swin"], max_batch_size=64, num_threads=threads)
+    embed, batches = backend.embed_images, []
+    backend.embed_images = lambda pixels: batches.append(len(pixels)) or embed(pixels)
     backend.warmup()
+    assert batches == [1]  # on the CPU; a GPU also warms the largest batch
+    assert warmup_batch_sizes(64, on_gpu=True) == [1, 64] and warmup_batch_sizes(1, on_gpu=True) == [1]
     assert torch.get_num_threads() == threads
     backend.close()
     with pytest.raises(BackendError, match="closed"):
