@@ -29,6 +29,7 @@ from iei.errors import (
     ValidationFailed,
 )
 from iei.metrics import Metrics
+from iei.models import has_text_tower
 from iei.model_runner import ModelProcess, ModelRunner
 from iei.preprocess.pool import PreprocessPool, start_worker_server
 from iei.preprocess.spec import PreprocessSpec
@@ -123,8 +124,10 @@ class EmbeddingEngine:
         """Blocking: start the model process and wait until it has resolved the model, read its
         preprocessing and tokenizer, and loaded and warmed the model. Raises BackendError with a message
         fit for the console (a model that is not found or an unsupported processor included)."""
-        start_worker_server()  # imports the decoders' modules while the model loads
-        model = ModelProcess(settings)
+        # While the model loads, the workers' fork server starts and imports the decoders (and a text
+        # model's tokenizer classes), so the workers fork ready to go.
+        model = ModelProcess(settings, while_loading=lambda: start_worker_server(
+            tokenizers=has_text_tower(settings.model, settings.revision)))
         return cls(settings, model, model.spec, model.text_spec)
 
     async def start(self) -> None:

@@ -14,7 +14,7 @@ import multiprocessing
 import time
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
-from typing import NamedTuple, Protocol
+from typing import Callable, NamedTuple, Protocol
 
 import msgspec
 import numpy as np
@@ -103,7 +103,9 @@ class ModelProcess:
     A watchdog kills the process when one batch takes longer than `settings.batch_timeout_ms` (0: never):
     a hung model is then handled like a crashed one."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, while_loading: Callable[[], None] | None = None) -> None:
+        """Start the model process and wait until it is ready; `while_loading` runs meanwhile (start-up work
+        that needs no model)."""
         self._settings = settings
         self._batch_timeout_s = settings.batch_timeout_ms / 1000
         self._watchdog: asyncio.Task | None = None
@@ -117,16 +119,19 @@ class ModelProcess:
         self._slab: Slab | None = None
         self._closing = False
         self._restart: asyncio.Task | None = None
-        self.info, self.spec, self.text_spec = self._launch()
+        self.info, self.spec, self.text_spec = self._launch(while_loading)
 
-    def _launch(self) -> tuple[ModelInfo, PreprocessSpec, TextSpec | None]:
-        """Blocking: start the process and wait until the model is loaded and warm. Returns what the process
-        read: the model's info, its preprocessing and its tokenizer spec. Raises BackendError."""
+    def _launch(self, while_loading: Callable[[], None] | None = None
+                ) -> tuple[ModelInfo, PreprocessSpec, TextSpec | None]:
+        """Blocking: start the process, run `while_loading`, and wait until the model is loaded and warm. Returns
+        what the process read: the model's info, its preprocessing and its tokenizer spec. Raises BackendError."""
         ctx = multiprocessing.get_context("spawn")
         parent_conn, child_conn = ctx.Pipe(duplex=True)
         self._process = ctx.Process(target=host_main, args=(child_conn, self._settings), name="iei-model", daemon=True)
         self._process.start()
         child_conn.close()
+        if while_loading is not None:
+            while_loading()
         if not parent_conn.poll(_LOAD_TIMEOUT_S):
             self._process.kill()
             raise BackendError(f"the model did not load within {_LOAD_TIMEOUT_S:.0f} s")

@@ -7,6 +7,7 @@ Hugging Face cache, never the network.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Literal
@@ -66,23 +67,42 @@ def _missing_files(folder: Path) -> list[str]:
     return [name for name in _REQUIRED_FILES if not (folder / name).is_file()]
 
 
-def _cached_config_dir(model_id: str, revision: str | None) -> Path | None:
-    """The HF-cache snapshot folder holding this repo's config files, or None (never downloads)."""
+def _cached_file(model_id: str, name: str, revision: str | None) -> Path | None:
+    """A file of the repo's snapshot in the local HF cache, or None (never downloads)."""
     if model_id.count("/") > 1:
         return None
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        found = try_to_load_from_cache(model_id, "config.json", revision=revision)
+        found = try_to_load_from_cache(model_id, name, revision=revision)
     except ValueError:  # HFValidationError: a malformed repo id is simply not in the cache
         return None
-    if not isinstance(found, str):  # None (unknown) or _CACHED_NO_EXIST
+    return Path(found) if isinstance(found, str) else None  # None (unknown) or _CACHED_NO_EXIST
+
+
+def _cached_config_dir(model_id: str, revision: str | None) -> Path | None:
+    """The HF-cache snapshot folder holding this repo's config files, or None (never downloads)."""
+    config = _cached_file(model_id, "config.json", revision)
+    processor = _cached_file(model_id, "preprocessor_config.json", revision)
+    if config is None or processor is None or config.parent != processor.parent:
         return None
-    folder = Path(found).parent
-    pre = try_to_load_from_cache(model_id, "preprocessor_config.json", revision=revision)
-    if not isinstance(pre, str) or Path(pre).parent != folder:
-        return None
-    return folder
+    return config.parent
+
+
+def has_text_tower(model: str, revision: str | None = None) -> bool:
+    """Whether the model's config.json declares a text tower (CLIP, SigLIP), read where it already is on disk:
+    a local folder, the HF cache, the bundled catalog (never the network). A start-up hint only (the loaded
+    model decides what it embeds); False when no config is found or it cannot be read."""
+    local = Path(model).expanduser()
+    bundled = catalog_dir(model)
+    if local.is_dir():
+        config = local / "config.json"
+    else:
+        config = _cached_file(model, "config.json", revision) or (bundled / "config.json" if bundled else None)
+    try:
+        return config is not None and "text_config" in json.loads(config.read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def _looks_like_path(model: str) -> bool:

@@ -11,7 +11,7 @@ import huggingface_hub.constants
 import pytest
 from transformers import AutoConfig, AutoImageProcessor
 
-from iei.models import CATALOG_DIR, ModelNotFound, ModelSource, catalog_ids, resolve_model
+from iei.models import CATALOG_DIR, ModelNotFound, ModelSource, catalog_ids, has_text_tower, resolve_model
 
 ORIGINAL_MODELS = [
     "google/vit-base-patch16-224",
@@ -109,6 +109,22 @@ def test_dummy_unknown_id_lists_the_catalog(tmp_path, monkeypatch):
     message = str(info.value)
     assert "nobody/no-such-model" in message
     assert all(model_id in message for model_id in ORIGINAL_MODELS)
+
+
+def test_has_text_tower_reads_the_config_where_it_is(tmp_path, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert has_text_tower("openai/clip-vit-base-patch32") and has_text_tower("google/siglip-base-patch16-224")  # catalog
+    assert not has_text_tower("google/vit-base-patch16-224") and not has_text_tower("facebook/dinov2-small")
+    clip_folder = _write_model_files(tmp_path / "clip", "openai/clip-vit-base-patch32")
+    assert has_text_tower(str(clip_folder)) and not has_text_tower(str(_write_model_files(tmp_path / "vit")))
+    snapshot = _fake_hf_cache(tmp_path / "hub", "someorg/clip-finetune")
+    (snapshot / "config.json").write_text(json.dumps({"model_type": "clip", "text_config": {}}))
+    assert has_text_tower("someorg/clip-finetune")  # the HF cache, before the catalog
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    assert not has_text_tower(str(broken)) and not has_text_tower(str(tmp_path / "missing"))
+    assert not has_text_tower("nobody/no-such-model")
 
 
 def test_unknown_load_format():

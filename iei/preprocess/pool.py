@@ -49,10 +49,12 @@ _START_TIMEOUT_S = 60.0
 _BACKGROUND_NICENESS = 19
 
 
-def start_worker_server() -> None:
+def start_worker_server(*, tokenizers: bool = False) -> None:
     """Start the fork server that preprocessing workers are forked from, if it is not running. Call it
-    early (the engine does, before the model loads) so that its imports overlap other start-up work."""
-    _WORKER_CONTEXT.set_forkserver_preload(["iei.preprocess.worker"])  # only read when it starts
+    early (the engine does, before the model loads) so that its imports overlap other start-up work.
+    `tokenizers`: also preload transformers' tokenizer classes (without torch), for a model with texts."""
+    preload = ["iei.preprocess.worker", *(["iei.preprocess.tokenizer_stack"] if tokenizers else [])]
+    _WORKER_CONTEXT.set_forkserver_preload(preload)  # only read when the server starts
     multiprocessing.forkserver.ensure_running()
 
 

@@ -4,6 +4,8 @@ random tokenizers are built offline, and the text spec follows the model."""
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import msgspec
@@ -20,6 +22,7 @@ from iei.preprocess.spec import load_spec, make_spec
 from iei.preprocess.text import TextSpec, Tokenizer, load_text_spec, pad_tokens, text_spec_for
 from iei.preprocess.worker import NO_SLOT, STATUS_INPUT_ERROR, STATUS_OK, Task, run_task
 from tests.model_factory import TEXT_MAX_LENGTH, make_tiny_model
+from tests.server_process import REPO
 
 TEXTS = ["a photo of a cat", "", "A Photo, of a CAT!", "naïve café – 東京 🐈", "word " * 200]
 
@@ -68,6 +71,13 @@ async def test_pool_workers_tokenise_without_loading_torch(tiny_dir, family):
         assert "libtorch" not in Path(f"/proc/{pid}/maps").read_text()
     finally:
         await pool.close()
+
+
+def test_fork_server_preload_has_the_tokenizer_classes_without_torch():
+    """What the workers' fork server imports for a text model (`start_worker_server(tokenizers=True)`)."""
+    code = "import sys, iei.preprocess.tokenizer_stack; print('transformers' in sys.modules, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.split() == ["True", "False"], out.stderr
 
 
 def test_text_task_replies_with_token_ids_and_no_slot(tiny_dir):
