@@ -94,10 +94,10 @@ def has_text_tower(model: str, revision: str | None = None) -> bool:
     a local folder, the HF cache, the bundled catalog (never the network). A start-up hint only (the loaded
     model decides what it embeds); False when no config is found or it cannot be read."""
     local = Path(model).expanduser()
-    bundled = catalog_dir(model)
     if local.is_dir():
         config = local / "config.json"
     else:
+        bundled = catalog_dir(model)
         config = _cached_file(model, "config.json", revision) or (bundled / "config.json" if bundled else None)
     try:
         return config is not None and "text_config" in json.loads(config.read_text())

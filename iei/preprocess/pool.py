@@ -51,8 +51,9 @@ _BACKGROUND_NICENESS = 19
 
 def start_worker_server(*, tokenizers: bool = False) -> None:
     """Start the fork server that preprocessing workers are forked from, if it is not running. Call it
-    early (the engine does, before the model loads) so that its imports overlap other start-up work.
-    `tokenizers`: also preload transformers' tokenizer classes (without torch), for a model with texts."""
+    early (the engine does, while the model loads) so that its imports overlap other start-up work.
+    `tokenizers`: also preload transformers' tokenizer classes (without torch), for a model with texts.
+    The preload list is kept for a fork server started later, after this one died."""
     preload = ["iei.preprocess.worker", *(["iei.preprocess.tokenizer_stack"] if tokenizers else [])]
     _WORKER_CONTEXT.set_forkserver_preload(preload)  # only read when the server starts
     multiprocessing.forkserver.ensure_running()
@@ -176,7 +177,7 @@ class PreprocessPool:
         self._watchdog: asyncio.Task | None = None
 
     async def start(self) -> None:
-        await asyncio.to_thread(start_worker_server)
+        await asyncio.to_thread(start_worker_server, tokenizers=self.text_spec_bytes is not None)
         self._workers = [_Worker(self, i, background=i >= self._worker_count)
                          for i in range(self._worker_count + self._background_count)]
         try:
