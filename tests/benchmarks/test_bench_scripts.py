@@ -104,3 +104,15 @@ def test_rss_probe_runs(tiny_model, tmp_path):
     run_script("soak/rss_probe.py", "--model", str(tiny_model("vit")), "--passes", "2", "--max-batch-size", "3",
                "--variants", "mixed", "--out", str(out))
     assert len(json.loads(out.with_suffix(".json").read_text())["variants"]["mixed"]) == 3
+
+
+@pytest.mark.slow
+@needs_wrk
+def test_floor_bench_quick_sums_the_parts_into_a_ceiling(tmp_path):
+    run_script("floor_bench.py", "--quick", "--scenarios", "overhead", "--out", str(tmp_path / "floor"))
+    row = json.loads((tmp_path / "floor.json").read_text())["scenarios"]["overhead"]
+    parts = row["parts_cpu_ms"]
+    assert all(ms > 0 for ms in parts.values()) and row["floor_cpu_ms"] == pytest.approx(sum(parts.values()), abs=1e-3)
+    assert row["ceiling"] == pytest.approx(os.cpu_count() * 1000 / row["floor_cpu_ms"], rel=1e-3)
+    assert {"uvicorn", "litestar"} <= set(row["http"]) and row["iei"]["rps"] > 0
+    assert "ceiling: " in (tmp_path / "floor.md").read_text()
