@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -235,6 +235,20 @@ def wait_quiet(limit_cores: float, max_wait_s: float, pgid: int | None = None) -
 
 
 # ---------------------------------------------------------------------------------------------
+# results
+
+
+def save_report(report: dict[str, Any], out: Path | None, write_markdown: Callable[[dict[str, Any], Path], None]) -> None:
+    """Write `out`.json and `out`.md (the markdown by `write_markdown`); nothing when `out` is None (a smoke
+    run without --out)."""
+    if out is None:
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    write_markdown(report, out.with_suffix(".md"))
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+
+
 # what every result is stamped with
 
 

@@ -44,7 +44,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402  (a sibling module, not a package)
-    CACHE, RESULTS, Server, _group_cpu_s, _system_busy_s, free_port, image_file, machine_facts, vit_model, wait_quiet,
+    CACHE, RESULTS, Server, _group_cpu_s, _system_busy_s, free_port, image_file, machine_facts, save_report, vit_model,
+    wait_quiet,
 )
 from inprocess import InProcess  # noqa: E402
 from wrk_load import WRK_LUA  # noqa: E402
@@ -355,12 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # noqa: BLE001 - record and go on
             report["configs"][name] = {"error": f"{type(e).__name__}: {e}"[:2000]}
             print(f"  {name}: FAILED {report['configs'][name]['error'][:500]}", flush=True)
-    out = args.out or (None if args.quick else RESULTS / "compute_efficiency")
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-        write_markdown(report, out.with_suffix(".md"))
-        print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    save_report(report, args.out or (None if args.quick else RESULTS / "compute_efficiency"), write_markdown)
     return 1 if any("error" in r for r in report["configs"].values()) else 0
 
 

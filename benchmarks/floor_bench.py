@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCH, GENERATED_IMAGES, RESULTS, ROOT, Server, free_port, generated_image, iei_command, machine_facts, vit_model
+from common import (BENCH, GENERATED_IMAGES, RESULTS, ROOT, Server, free_port, generated_image, iei_command,
+                    machine_facts, save_report, vit_model)
 from inprocess import InProcess
 from wrk_load import run_wrk
 
@@ -226,12 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"meta": machine_facts(), "args": vars(args) | {"out": str(args.out)},
                               "reproduce": "python " + " ".join(["benchmarks/floor_bench.py", *(argv or sys.argv[1:])])}
     report["scenarios"] = {name: scenario(name, args) for name in args.scenarios.split(",")}
-    out = args.out or (None if args.quick else RESULTS / "floor")
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-        write_markdown(report, out.with_suffix(".md"))
-        print(f"wrote {out}.json and {out}.md")
+    save_report(report, args.out or (None if args.quick else RESULTS / "floor"), write_markdown)
     return 0
 
 

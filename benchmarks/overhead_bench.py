@@ -42,6 +42,7 @@ from common import (
     generated_image,
     iei_command,
     machine_facts,
+    save_report,
     vit_model,
 )
 from wrk_load import run_wrk
@@ -229,12 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     report["median"]["cpu_ms_per_image"] = {
         role: round(statistics.median(r["cpu_ms_per_image"][role] or 0 for r in runs), 3)
         for role in (*ROLES, "total")}
-    out = args.out or (None if args.quick else RESULTS / "overhead")
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-        write_markdown(report, out.with_suffix(".md"))
-        print(f"wrote {out}.json and {out}.md")
+    save_report(report, args.out or (None if args.quick else RESULTS / "overhead"), write_markdown)
     return 0
 
 
