@@ -234,6 +234,15 @@ def wait_quiet(limit_cores: float, max_wait_s: float, pgid: int | None = None) -
         time.sleep(4)
 
 
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def stop_servers_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so the scripts' `finally` blocks stop the servers under test."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
 # ---------------------------------------------------------------------------------------------
 # results
 

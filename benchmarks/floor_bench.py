@@ -29,7 +29,6 @@ import base64
 import json
 import os
 import shutil
-import signal
 import statistics
 import sys
 import time
@@ -40,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (BENCH, GENERATED_IMAGES, RESULTS, ROOT, Server, free_port, generated_image, iei_command,
-                    machine_facts, save_report, vit_model)
+                    machine_facts, save_report, stop_servers_on_sigterm, vit_model)
 from inprocess import InProcess
 from wrk_load import run_wrk
 
@@ -104,10 +103,9 @@ def model_ms(worker: InProcess, args) -> float:
     return 1000 / max(r[0] for r in rates.values())
 
 
-def measure(name: str, args) -> dict[str, list]:
+def measure(name: str, image: bytes, args) -> dict[str, list]:
     """Every part, in rounds: each round loads each server in turn, then times decode and model, so
     drift of the shared host hits all parts alike."""
-    image = generated_image(SCENARIOS[name][0])
     body = json_body(image)
     servers = {**{label: bare_http(app, body) for label, app in HTTP_APPS.items()}, "iei": iei(body)}
     worker, samples = None, {label: [] for label in [*servers, "decode_ms", "model_ms"]}
@@ -140,7 +138,8 @@ def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
 
 def scenario(name: str, args) -> dict[str, Any]:
     image_name, bar, unit = SCENARIOS[name]
-    samples = measure(name, args)
+    image = generated_image(image_name)
+    samples = measure(name, image, args)
     http = {label: median_run(samples[label]) for label in HTTP_APPS}
     measured = median_run(samples["iei"])
     parts = {
@@ -153,7 +152,7 @@ def scenario(name: str, args) -> dict[str, Any]:
     cores = os.cpu_count() or 1
     no_model = floor - parts["model (tiny ViT in process, best batch)"]
     row = {
-        "image": "{}x{} JPEG q90, {} bytes".format(*GENERATED_IMAGES[image_name][:2], len(generated_image(image_name))),
+        "image": "{}x{} JPEG q90, {} bytes".format(*GENERATED_IMAGES[image_name][:2], len(image)),
         "bar": bar, "unit": unit, "http": http, "iei": measured, "parts_cpu_ms": parts,
         "floor_cpu_ms": round(floor, 3),
         "ceiling": round(cores * 1000 / floor, 1),
@@ -202,12 +201,8 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     path.write_text("\n".join(lines))
 
 
-def _exit_on_sigterm(signum, frame):  # so `finally` stops the servers
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    stop_servers_on_sigterm()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated, of {', '.join(SCENARIOS)}")
     p.add_argument("--connections", type=int, default=64)

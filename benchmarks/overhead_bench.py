@@ -22,7 +22,6 @@ import base64
 import json
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from common import (
     iei_command,
     machine_facts,
     save_report,
+    stop_servers_on_sigterm,
     vit_model,
 )
 from wrk_load import run_wrk
@@ -177,12 +177,8 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     path.write_text("\n".join(lines))
 
 
-def _exit_on_sigterm(signum, frame):  # so `finally` stops the server
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    stop_servers_on_sigterm()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--duration", type=float, default=10, help="seconds per measured run")

@@ -25,7 +25,6 @@ import datetime as dt
 import json
 import shlex
 import shutil
-import signal
 import statistics
 import sys
 import time
@@ -34,7 +33,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402  (a sibling module, not a package)
-    RESULTS, ROOT, _self_cpu_s, _system_busy_s, image_file, machine_facts, vit_model, wait_quiet,
+    RESULTS, ROOT, _self_cpu_s, _system_busy_s, image_file, machine_facts, stop_servers_on_sigterm, vit_model,
+    wait_quiet,
 )
 from contenders import SERVERS, make_server, server_available  # noqa: E402
 from inprocess import InProcess  # noqa: E402
@@ -256,12 +256,8 @@ def write_report(report: dict[str, Any], out: Path) -> None:
     print(f"wrote {json_path} and {md_path}")
 
 
-def _exit_on_sigterm(signum, frame):  # so `finally` blocks stop the server under test
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    stop_servers_on_sigterm()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scenarios", default="overhead,decode,compute", help="comma list of overhead,decode,compute")
     p.add_argument("--servers", default="iei,original,infinity", help="comma list of iei,original,infinity")

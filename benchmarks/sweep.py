@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import signal
 import statistics
 import sys
 import time
@@ -35,6 +34,7 @@ from common import (
     generated_image,
     iei_command,
     machine_facts,
+    stop_servers_on_sigterm,
     vit_model,
 )
 from loadgen import build_payloads, run_level
@@ -204,12 +204,8 @@ def write_report(report: dict[str, Any], out: Path) -> None:
     print(f"wrote {out}.json, {out}.md and {len(plots)} plots")
 
 
-def _exit_on_sigterm(signum, frame):  # so `finally` blocks stop the servers
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    stop_servers_on_sigterm()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--suites", default=",".join(SUITES), help=f"comma list of {','.join(SUITES)}")
     p.add_argument("--concurrency", default="1,4,16,64", help="closed-loop client counts")
