@@ -34,6 +34,9 @@ class BackendConfig(msgspec.Struct, frozen=True, kw_only=True):
     # (height, width) of the pixels the preprocessing produces; None: the model config's image_size.
     # DINOv2 configs say 518 (the pretraining size) while its processor crops 224.
     image_size: tuple[int, int] | None = None
+    # Variable-resolution models (SigLIP 2 NaFlex): the most patches an image is cut into (the processor's
+    # max_num_patches); None for fixed-size models.
+    max_num_patches: int | None = None
     # ONNX Runtime backends (onnx, tensorrt); the torch backend ignores these.
     onnx_optimize: str = "O2"  # none | O1 | O2 | O3 (graph optimisation of the exported model)
     onnx_opset: int = 0  # 0: the exporter's default for the model type
@@ -63,6 +66,10 @@ class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
     provider: str | None = None  # e.g. "CPUExecutionProvider" (ONNX Runtime backends)
     precision: str | None = None  # fp32 | fp16 | int8 (ONNX Runtime backends)
     model_file: str | None = None  # the ONNX file in use
+    # Variable-resolution models (SigLIP 2 NaFlex): each image keeps its aspect ratio and is cut into at most
+    # this many patches of `patch_size` pixels; `image_size` is then the square of as many patches.
+    max_num_patches: int | None = None
+    patch_size: int | None = None
 
 
 class BackendError(Exception):
@@ -79,6 +86,21 @@ def check_tokens(input_ids: object, attention_mask: object, modalities: tuple[st
             raise BackendError(f"expected {name} as an integer array of shape (B, L), got {got}")
     if input_ids.shape != attention_mask.shape:  # type: ignore[union-attr]
         raise BackendError(f"input_ids {input_ids.shape} and attention_mask {attention_mask.shape} differ")  # type: ignore[union-attr]
+
+
+def check_patches(pixels: object, grids: object, max_num_patches: int, patch_values: int) -> None:
+    """Raise BackendError unless `pixels` is uint8 or float32 (B, max_num_patches, patch_values) and `grids`
+    an integer (B, 2) array of grids with 1 to max_num_patches patches."""
+    if not isinstance(pixels, np.ndarray) or pixels.ndim != 3 or pixels.shape[1:] != (max_num_patches, patch_values):
+        got = getattr(pixels, "shape", type(pixels).__name__)
+        raise BackendError(f"expected patches of shape (B, {max_num_patches}, {patch_values}), got {got}")
+    if pixels.dtype not in (np.uint8, np.float32):
+        raise BackendError(f"expected uint8 or float32 patches, got {pixels.dtype}")
+    if not isinstance(grids, np.ndarray) or grids.shape != (pixels.shape[0], 2) or grids.dtype.kind not in "iu":
+        raise BackendError(f"expected grids as an integer array of shape ({pixels.shape[0]}, 2)")
+    counts = grids[:, 0].astype(np.int64) * grids[:, 1]
+    if len(counts) and (grids.min() < 1 or counts.max() > max_num_patches):
+        raise BackendError(f"a patch grid must hold 1 to {max_num_patches} patches")
 
 
 def check_pixels(pixels: object, num_channels: int, image_size: tuple[int, int]) -> None:
@@ -105,10 +127,13 @@ class Backend(Protocol):
 
     info: ModelInfo
 
-    def embed_images(self, pixels: np.ndarray) -> np.ndarray:
+    def embed_images(self, pixels: np.ndarray, grids: np.ndarray | None = None) -> np.ndarray:
         """Embed a batch -> float32 (B, D), pooled, not L2-normalised. `pixels` is uint8 (B, 3, H, W),
         resized and cropped, which the backend normalises with `pixel_scale`/`pixel_offset`; or float32
-        already normalised. Raises BackendError."""
+        already normalised. Variable-resolution models (`ModelInfo.max_num_patches` set: SigLIP 2 NaFlex)
+        take uint8 patches (B, max_num_patches, patch * patch * 3), channels last within a patch, and
+        `grids` int32 (B, 2): each image's patch grid (rows, cols); its patches past rows * cols are padding.
+        Raises BackendError."""
         ...
 
     def embed_texts(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:

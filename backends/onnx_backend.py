@@ -72,7 +72,7 @@ class OnnxBackend:
         self._session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
 
-    def embed_images(self, pixels: np.ndarray) -> np.ndarray:
+    def embed_images(self, pixels: np.ndarray, grids: np.ndarray | None = None) -> np.ndarray:
         """uint8 (B, C, H, W) raw pixels or float32 normalised ones -> float32 (B, D), pooled, not
         L2-normalised. Raises BackendError."""
         check_pixels(pixels, self._num_channels, self.info.image_size)

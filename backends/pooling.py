@@ -67,9 +67,17 @@ FAMILIES: dict[str, FamilySpec] = {
                        text_pooling="projection"),
     "siglip": FamilySpec(default="pooler", allowed=("pooler", "mean"), takes_add_pooling_layer=False,
                          text_pooling="pooler", text_attention_mask=False, text_pad_to_max_length=True),
+    # SigLIP 2 NaFlex: variable patch grids (pixel_values are patches, with pixel_attention_mask and
+    # spatial_shapes); the embedding is SigLIP's, the attention-pooling head (`get_image_features`).
+    "siglip2": FamilySpec(default="pooler", allowed=("pooler",), takes_add_pooling_layer=False,
+                          text_pooling="pooler", text_attention_mask=False, text_pad_to_max_length=True),
     "dinov2": FamilySpec(default="cls", allowed=("cls", "mean", "cls+mean"), takes_add_pooling_layer=False,
                          mean_skips_cls=True),
 }
+
+# Model types whose vision tower takes variable patch grids (pixel_values as patches, pixel_attention_mask,
+# spatial_shapes) instead of fixed-size images.
+VARIABLE_GRID_TYPES = ("siglip2",)
 
 # Families not in the table: `mean` over tokens (3-D output) or space (4-D output); `pooler` where
 # the output has one (checked on the first forward). No `cls`: we cannot know there is a CLS token.
@@ -142,7 +150,13 @@ class EmbeddingModel(nn.Module):
         # A dual encoder (CLIP, SigLIP) runs its vision tower only; `projection` needs the whole model.
         self.vision = getattr(model, "vision_model", model)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None,
+                spatial_shapes: torch.Tensor | None = None) -> torch.Tensor:
+        """Variable-resolution models (SigLIP 2 NaFlex) also take `pixel_attention_mask` (B, N) and
+        `spatial_shapes` (B, 2), with `pixel_values` as patches (B, N, patch * patch * 3)."""
+        if spatial_shapes is not None:
+            return self.model.get_image_features(pixel_values=pixel_values, pixel_attention_mask=pixel_attention_mask,
+                                                 spatial_shapes=spatial_shapes)
         if self.pooling == "projection":
             return self.model.get_image_features(pixel_values=pixel_values)
         # A dual encoder's vision tower always returns an output object (and takes no `return_dict`).

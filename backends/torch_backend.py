@@ -10,12 +10,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import torch
 
-from backends.base import BackendConfig, BackendError, ModelInfo, check_pixels, check_tokens, warmup_batch_sizes
+from backends.base import (
+    BackendConfig, BackendError, ModelInfo, check_patches, check_pixels, check_tokens, warmup_batch_sizes,
+)
 from backends.pooling import (
-    EmbeddingModel, PoolingError, TextEmbeddingModel, family_spec, has_text, model_kwargs, resolve_pooling, vision_config,
+    VARIABLE_GRID_TYPES, EmbeddingModel, PoolingError, TextEmbeddingModel, family_spec, has_text, model_kwargs,
+    resolve_pooling, vision_config,
 )
 
 logger = logging.getLogger("iei.backends")
@@ -72,7 +76,8 @@ def _image_size(config: Any, override: tuple[int, int] | None = None) -> tuple[i
 
 def _check_vision_config(config: Any, model_id: str) -> None:
     vision = vision_config(config)
-    if getattr(vision, "image_size", None) is None or getattr(vision, "num_channels", None) is None:
+    sized = getattr(vision, "image_size", None) is not None or getattr(vision, "num_patches", None) is not None
+    if not sized or getattr(vision, "num_channels", None) is None:
         raise BackendError(
             f"{model_id!r} is not a supported image model (model type {getattr(config, 'model_type', '?')!r} "
             "has no image_size/num_channels in its config)"
@@ -98,25 +103,41 @@ class TorchBackend:
         self._max_batch_size = max_batch_size
         self.info = info
 
-    def _forward(self, pixels: np.ndarray) -> np.ndarray:
+    def _forward(self, pixels: np.ndarray, grids: np.ndarray | None) -> np.ndarray:
         x = torch.from_numpy(pixels).to(device=self._device, non_blocking=True)  # no copy on CPU
         if x.dtype == torch.uint8:  # normalise on the device: 4x less to move than float32
             # cast, then scale and shift in place: twice as fast on the CPU as the mixed-dtype `x * scale`
-            x = x.to(torch.float32).mul_(self._scale).add_(self._offset)
-        x = x.to(dtype=self._dtype)
+            if grids is None:
+                x = x.to(torch.float32).mul_(self._scale).add_(self._offset)
+            else:  # patches: channels last within each patch
+                shape = x.shape
+                x = x.to(torch.float32).view(*shape[:2], -1, self._num_channels)
+                x = x.mul_(self._scale.view(-1)).add_(self._offset.view(-1)).view(shape)
+        if grids is None:
+            with torch.inference_mode():
+                y = self._embedder(x.to(dtype=self._dtype))
+            return y.to(device="cpu", dtype=torch.float32).numpy()
+        shapes = torch.from_numpy(np.asarray(grids, dtype=np.int64)).to(self._device)
+        mask = torch.arange(x.shape[1], device=self._device)[None, :] < (shapes[:, 0] * shapes[:, 1])[:, None]
+        x = x * mask[..., None]  # padding patches are zeros after normalisation, as the processor pads them
         with torch.inference_mode():
-            y = self._embedder(x)
+            y = self._embedder(x.to(dtype=self._dtype), mask.to(torch.int64), shapes)
         return y.to(device="cpu", dtype=torch.float32).numpy()
 
-    def embed_images(self, pixels: np.ndarray) -> np.ndarray:
+    def embed_images(self, pixels: np.ndarray, grids: np.ndarray | None = None) -> np.ndarray:
         """uint8 (B, C, H, W) raw pixels or float32 normalised ones -> float32 (B, D), pooled, not
-        L2-normalised. Raises BackendError."""
-        check_pixels(pixels, self._num_channels, self.info.image_size)
+        L2-normalised; for variable-resolution models, patches and their grids (see `Backend.embed_images`).
+        Raises BackendError."""
+        if self.info.max_num_patches is not None:
+            check_patches(pixels, grids, self.info.max_num_patches, self._num_channels * self.info.patch_size ** 2)
+        else:
+            check_pixels(pixels, self._num_channels, self.info.image_size)
+            grids = None
         n = pixels.shape[0]
         if self._embedder is None:
             raise BackendError("the model has been closed")
         try:
-            return self._forward(pixels)
+            return self._forward(pixels, grids)
         except torch.cuda.OutOfMemoryError as e:
             raise BackendError(f"model failed on a batch of {n} images: out of GPU memory") from e
         except Exception as e:
@@ -140,9 +161,8 @@ class TorchBackend:
     def warmup(self) -> None:
         """Run zeros at batch 1, and on a GPU at the largest batch too; texts too where there are any.
         See `backends.base.warmup_batch_sizes`."""
-        h, w = self.info.image_size
         for batch in warmup_batch_sizes(self._max_batch_size, on_gpu=self._device.type == "cuda"):
-            self.embed_images(np.zeros((batch, self._num_channels, h, w), dtype=np.uint8))
+            self.embed_images(*blank_images(self.info, self._num_channels, batch))
             if "text" in self.info.modalities:
                 self.embed_texts(np.zeros((batch, 8), dtype=np.int64), np.ones((batch, 8), dtype=np.int64))
         if self._device.type == "cuda":
@@ -153,6 +173,16 @@ class TorchBackend:
         self._text_embedder = None
         if self._device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def blank_images(info: ModelInfo, num_channels: int, batch: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(pixels, grids) of `batch` black images the model takes: for warm-ups and dry runs. A variable-
+    resolution model gets the squarest full grid, the most work an image can bring."""
+    if info.max_num_patches is None:
+        return np.zeros((batch, num_channels, *info.image_size), dtype=np.uint8), None
+    side = max(1, int(info.max_num_patches ** 0.5))
+    grids = np.tile(np.array([[side, info.max_num_patches // side]], dtype=np.int32), (batch, 1))
+    return np.zeros((batch, info.max_num_patches, num_channels * info.patch_size ** 2), dtype=np.uint8), grids  # type: ignore[operator]
 
 
 def _load_auto(config: BackendConfig, pooling_request: str | None) -> tuple[Any, str, str | None]:
@@ -230,6 +260,22 @@ def text_fields(hf_config: Any, text: bool) -> dict[str, Any]:
             "text_padding": padding}
 
 
+def patch_fields(hf_config: Any, max_num_patches: int | None, model_id: str) -> dict[str, Any]:
+    """ModelInfo's variable-resolution fields (shared with the ONNX exporter): for a model whose vision tower
+    takes patch grids (SigLIP 2 NaFlex), the processor's `max_num_patches` and the model's patch size. Raises
+    BackendError when the model and its processor disagree on that."""
+    variable = hf_config.model_type in VARIABLE_GRID_TYPES
+    if not variable and max_num_patches is None:
+        return {}
+    if not variable:
+        raise BackendError(f"model {model_id!r} (model type {hf_config.model_type!r}) takes fixed-size images, "
+                           "but its image processor cuts images into variable patch grids")
+    if max_num_patches is None:
+        raise BackendError(f"model {model_id!r} takes variable patch grids, but its image processor gives "
+                           "fixed-size images (expected a Siglip2ImageProcessor)")
+    return {"max_num_patches": int(max_num_patches), "patch_size": int(vision_config(hf_config).patch_size)}
+
+
 def _model_class(hf_config: Any) -> type | None:
     from transformers import AutoModel
 
@@ -283,14 +329,6 @@ def load_torch_backend(config: BackendConfig) -> TorchBackend:
 
     image_size = _image_size(hf_config, config.image_size)
     num_channels = int(vision_config(hf_config).num_channels)
-    # The embedding width is whatever the pooled output has: one dry run, no per-family arithmetic.
-    probe = torch.zeros((1, num_channels, *image_size), device=device, dtype=dtype)
-    try:
-        with torch.inference_mode():
-            embedding_dim = int(embedder(probe).shape[-1])
-    except Exception as e:
-        raise BackendError(f"model {config.model!r} failed its first forward pass: {type(e).__name__}: {_short(e, 200)}") from e
-
     device_name = str(device) if device.type == "cpu" or device.index is not None else f"cuda:{torch.cuda.current_device()}"
     info = ModelInfo(
         model_id=config.model,
@@ -300,16 +338,24 @@ def load_torch_backend(config: BackendConfig) -> TorchBackend:
         device=device_name,
         dtype=str(dtype).removeprefix("torch."),
         pooling=pooling,
-        embedding_dim=embedding_dim,
+        embedding_dim=0,  # known after the dry run below
         image_size=image_size,
         **text_fields(hf_config, text_embedder is not None),
+        **patch_fields(hf_config, config.max_num_patches, config.model),
         random_weights=config.load_format == "dummy",
     )
-    logger.info("loaded %s (%s, %s, %s, pooling=%s, dim=%d, %s)", config.model, info.model_type, info.device, info.dtype,
-                pooling, embedding_dim, "+".join(info.modalities))
     affine = tuple(torch.tensor(v, dtype=torch.float32, device=device).reshape(1, -1, 1, 1)
                    for v in (config.pixel_scale, config.pixel_offset))
-    return TorchBackend(embedder, info, device, dtype, num_channels, config.max_batch_size, affine, text_embedder)
+    backend = TorchBackend(embedder, info, device, dtype, num_channels, config.max_batch_size, affine, text_embedder)
+    # The embedding width is whatever the pooled output has: one dry run, no per-family arithmetic.
+    try:
+        embedding_dim = int(backend._forward(*blank_images(info, num_channels, 1)).shape[-1])
+    except Exception as e:
+        raise BackendError(f"model {config.model!r} failed its first forward pass: {type(e).__name__}: {_short(e, 200)}") from e
+    backend.info = msgspec.structs.replace(info, embedding_dim=embedding_dim)
+    logger.info("loaded %s (%s, %s, %s, pooling=%s, dim=%d, %s)", config.model, info.model_type, info.device, info.dtype,
+                pooling, embedding_dim, "+".join(info.modalities))
+    return backend
 
 
 

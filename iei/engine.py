@@ -132,7 +132,7 @@ class EmbeddingEngine:
 
     async def start(self) -> None:
         await self.pool.start()
-        await self.model.start(self.pool)
+        await self.model.start(self.pool.slab)
         for batcher in self._batchers:
             batcher.start()
         self.ready = True
@@ -164,7 +164,7 @@ class EmbeddingEngine:
 
     async def _run_probe(self) -> None:
         slot = await self.pool.acquire_slot()
-        self.pool.pixels[slot] = 0.0
+        self.pool.slab.clear(slot)
         try:
             await self.batcher.submit(slot)
             if self.text_batcher is not None and not self.text_batcher.backend_ok:

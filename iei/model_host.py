@@ -11,7 +11,7 @@ transformers, which imports torch, and only this process should pay for those.
 
 Frames (msgpack arrays), child -> parent first: ["ready", ModelInfo, PreprocessSpec, TextSpec | None]
 or ["error", message].
-Then parent -> child: ["attach", slab_name, slab_shape], [batch_id, slots] (images), or
+Then parent -> child: ["attach", slab_name, SlabLayout], [batch_id, slots] (images), or
 ["text", batch_id, input_ids int32 bytes, attention_mask uint8 bytes, rows, length] (texts: token ids
 are a few hundred bytes per text, so they ride in the frame rather than a slab);
 child -> parent: [batch_id, True, vectors_bytes, rows, dim, started_at, duration_s]
@@ -36,7 +36,7 @@ from iei.ipc import FrameReader
 from iei.model_plan import model_plan
 from iei.models import ModelNotFound, transformers_without_torch
 from iei.preprocess.text import text_spec_for
-from iei.preprocess.worker import attach_slab
+from iei.slab import Slab, SlabLayout
 
 log = logging.getLogger("iei.model")
 
@@ -104,22 +104,22 @@ def host_main(conn: Connection, settings: Settings) -> None:
 def _serve(conn: Connection, backend) -> None:
     """Run batches until the server closes the pipe."""
     encode, decode = msgspec.msgpack.encode, msgspec.msgpack.decode
-    shm = slab = None
+    slab: Slab | None = None
     frames = FrameReader(conn)
     try:
         for frame in frames:
             message = decode(frame)
             if message[0] == "attach":
-                shm, slab = attach_slab(message[1], tuple(message[2]))
+                slab = Slab.attach(message[1], msgspec.convert(message[2], SlabLayout))
                 continue
             if message[0] == "text":
                 conn.send_bytes(encode(_run_texts(backend, message)))
                 continue
             batch_id, slots = message
-            conn.send_bytes(encode(_run_batch(batch_id, len(slots), backend.embed_images, slab[slots])))
+            pixels, grids = slab.gather(slots)  # type: ignore[union-attr]  (attach comes first)
+            conn.send_bytes(encode(_run_batch(batch_id, len(slots), backend.embed_images, pixels, grids)))
     finally:
         frames.close()
         backend.close()
-        del slab
-        if shm is not None:
-            shm.close()
+        if slab is not None:
+            slab.close()

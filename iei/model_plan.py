@@ -40,6 +40,6 @@ def backend_config(settings: Settings, source: ModelSource, spec: PreprocessSpec
         num_threads=settings.backend_threads, max_batch_size=settings.max_batch_size,
         pixel_scale=scale, pixel_offset=offset, onnx_optimize=settings.onnx_optimize, quantize=settings.quantize,
         onnx_cache_dir=settings.onnx_cache_path, allow_cpu_fallback=settings.allow_cpu_fallback,
-        image_size=(spec.output_height, spec.output_width),
+        image_size=(spec.output_height, spec.output_width), max_num_patches=spec.max_num_patches,
     )
 

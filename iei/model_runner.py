@@ -26,6 +26,7 @@ from iei.ipc import connect, send_frame
 from iei.model_host import host_main
 from iei.preprocess.spec import PreprocessSpec
 from iei.preprocess.text import TextSpec
+from iei.slab import Slab
 
 log = logging.getLogger("iei.model")
 
@@ -36,11 +37,6 @@ class BatchResult(NamedTuple):
     vectors: np.ndarray  # float32 (B, D), row i for slot i of the batch
     started_at: float  # time.monotonic() when the model started this batch
     inference_s: float
-
-
-class Slab(Protocol):
-    slab_name: str
-    pixels: np.ndarray
 
 
 class ModelRunner(Protocol):
@@ -65,14 +61,14 @@ class ThreadRunner:
         self.backend = backend
         self.info = backend.info
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iei-model")
-        self._pixels: np.ndarray | None = None
+        self._slab: Slab | None = None
 
     @property
     def alive(self) -> bool:
         return True
 
     async def start(self, slab: Slab) -> None:
-        self._pixels = slab.pixels
+        self._slab = slab
 
     def run(self, slots: list[int]) -> asyncio.Future:
         return asyncio.get_running_loop().run_in_executor(self._thread, self._run, slots)
@@ -82,7 +78,7 @@ class ThreadRunner:
             self._thread, self._timed, self.backend.embed_texts, input_ids, attention_mask)
 
     def _run(self, slots: list[int]) -> BatchResult:
-        return self._timed(self.backend.embed_images, self._pixels[slots])
+        return self._timed(self.backend.embed_images, *self._slab.gather(slots))  # type: ignore[union-attr]
 
     def _timed(self, embed, *arrays: np.ndarray) -> BatchResult:
         started = time.monotonic()
@@ -162,7 +158,7 @@ class ModelProcess:
         assert self._conn is not None, "launch() failed or start() called twice"
         conn, self._conn = self._conn, None
         self._transport = await connect(conn, self._on_frame, self._on_lost)
-        send_frame(self._transport, msgspec.msgpack.encode(["attach", slab.slab_name, list(slab.pixels.shape)]))
+        send_frame(self._transport, msgspec.msgpack.encode(["attach", slab.name, slab.layout]))
         if self._watchdog is None and self._batch_timeout_s > 0:
             self._watchdog = asyncio.get_running_loop().create_task(self._watch_for_a_hung_model())
 

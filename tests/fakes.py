@@ -35,7 +35,7 @@ class FakeBackend:
         self.batch_sizes: list[int] = []
         self.entered = threading.Event()
 
-    def embed_images(self, pixels: np.ndarray) -> np.ndarray:
+    def embed_images(self, pixels: np.ndarray, grids: np.ndarray | None = None) -> np.ndarray:
         self.batch_sizes.append(len(pixels))
         self.entered.set()
         time.sleep(self.delay_s)

@@ -28,7 +28,7 @@ class Model:
         self.fail = False
         self.seconds_per_batch = 0.0
 
-    def embed_images(self, pixels: np.ndarray) -> np.ndarray:
+    def embed_images(self, pixels: np.ndarray, grids: np.ndarray | None = None) -> np.ndarray:
         slots = [int(p[0]) for p in pixels]
         self.batches.append(slots)
         self.gate.wait(10)
@@ -42,8 +42,11 @@ class Model:
 
 
 class Slab:
-    slab_name = "test"
+    name = "test"
     pixels = np.arange(16, dtype=np.float32)[:, None]
+
+    def gather(self, slots: list[int]) -> tuple[np.ndarray, None]:
+        return self.pixels[slots], None
 
 
 async def make(model: Model, released: list[int], *, size: int = 4, delay_s: float = 10.0) -> DynamicBatcher:

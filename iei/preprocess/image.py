@@ -18,7 +18,9 @@ no library text); anything else is a bug.
 from __future__ import annotations
 
 import binascii
+import functools
 import io
+import math
 import re
 import warnings
 from typing import Literal
@@ -92,6 +94,51 @@ def prepare_pixels(data: bytes, spec: PreprocessSpec, out: np.ndarray | None = N
     image, source_size = _decode(data, spec)
     out[...] = _resize_and_crop(image, source_size, spec).transpose(2, 0, 1)  # HWC -> CHW
     return out
+
+
+def prepare_patches(data: bytes, spec: PreprocessSpec, out: np.ndarray | None = None) -> tuple[int, int]:
+    """SigLIP 2 NaFlex (`spec.resize == "max_patches"`): decode, orient and convert like `prepare_pixels`,
+    resize keeping the aspect ratio to the patch grid `max_patches_size` gives, and cut into patches as
+    transformers' `Siglip2ImageProcessor` does (row-major over the grid; within a patch row, column, channel).
+    Writes uint8 (max_num_patches, patch * patch * 3) into `out`, zeros past the image's patches, and returns
+    the grid (rows, cols). Raises InputError as `prepare_pixels` does; ValueError for a wrong `out`."""
+    patch = int(spec.patch_size)  # type: ignore[arg-type]
+    shape = spec.item_shape
+    if out is None:
+        out = np.empty(shape, dtype=np.uint8)
+    elif out.shape != shape or out.dtype != np.uint8:
+        raise ValueError(f"out must be uint8 {shape}, got {out.dtype} {out.shape}")
+    if not data:
+        raise InputError("empty image")
+    image, (src_w, src_h) = _decode(data, spec)
+    height, width = max_patches_size(src_h, src_w, patch, int(spec.max_num_patches))  # type: ignore[arg-type]
+    pixels = np.asarray(_resize(image, (width, height), spec.resample))  # (H, W, 3)
+    rows, cols = height // patch, width // patch
+    patches = pixels.reshape(rows, patch, cols, patch, 3).transpose(0, 2, 1, 3, 4).reshape(rows * cols, -1)
+    out[: rows * cols] = patches
+    out[rows * cols:] = 0
+    return rows, cols
+
+
+@functools.lru_cache(maxsize=1024)
+def max_patches_size(image_height: int, image_width: int, patch_size: int, max_num_patches: int,
+                     eps: float = 1e-5) -> tuple[int, int]:
+    """(height, width) for NaFlex: each a multiple of `patch_size` (at least one patch), the largest scale of
+    the image (found by bisection) whose grid holds at most `max_num_patches`. The very arithmetic of
+    transformers' `get_image_size_for_max_num_patches`, so every image gets the grid the model's processor
+    would give it."""
+
+    def scaled(scale: float, size: int) -> int:
+        return int(max(patch_size, math.ceil(size * scale / patch_size) * patch_size))
+
+    low, high = eps / 10, 100.0
+    while (high - low) >= eps:
+        scale = (low + high) / 2
+        if (scaled(scale, image_height) / patch_size) * (scaled(scale, image_width) / patch_size) <= max_num_patches:
+            low = scale
+        else:
+            high = scale
+    return scaled(low, image_height), scaled(low, image_width)
 
 
 def prepare_image(data: bytes, spec: PreprocessSpec, out: np.ndarray | None = None) -> np.ndarray:
@@ -181,6 +228,12 @@ def _maybe_draft(image: Image.Image, spec: PreprocessSpec, swapped: bool) -> Non
         return
     if spec.resize == "fixed":
         need_w, need_h = spec.resize_width, spec.resize_height
+    elif spec.resize == "max_patches":  # the grid is computed on the oriented image
+        w, h = (image.height, image.width) if swapped else image.size
+        need_h, need_w = max_patches_size(h, w, int(spec.patch_size), int(spec.max_num_patches))  # type: ignore[arg-type]
+        if swapped:
+            need_w, need_h = need_h, need_w
+        swapped = False  # already in the decoder's orientation
     else:  # the short side becomes shortest_edge and the long side at least that
         need_w = need_h = spec.shortest_edge
     if swapped:

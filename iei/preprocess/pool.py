@@ -24,7 +24,6 @@ import multiprocessing
 import multiprocessing.forkserver
 import time
 from collections import deque
-from multiprocessing.shared_memory import SharedMemory
 
 import msgspec
 import numpy as np
@@ -33,6 +32,7 @@ from iei.errors import InputError, PreprocessWorkerDied
 from iei.ipc import connect, send_frames
 from iei.preprocess.spec import PreprocessSpec
 from iei.preprocess.text import TextSpec
+from iei.slab import Slab, SlabLayout
 from iei.preprocess.worker import (
     ENCODINGS, NO_SLOT, STATUS_OK, Reply, Task, decode_timeout_message, worker_main,
 )
@@ -81,7 +81,7 @@ class _Worker:
         parent_conn, child_conn = _WORKER_CONTEXT.Pipe(duplex=True)
         self.process = _WORKER_CONTEXT.Process(
             target=worker_main,
-            args=(child_conn, self.pool.slab_name, self.pool.pixels.shape, self.pool.spec_bytes, self.pool.text_spec_bytes,
+            args=(child_conn, self.pool.slab.name, self.pool.layout_bytes, self.pool.spec_bytes, self.pool.text_spec_bytes,
                   _BACKGROUND_NICENESS if self.background else 0),
             name=f"iei-preprocess-{self.index}",
             daemon=True,
@@ -161,11 +161,9 @@ class PreprocessPool:
         self.text_spec_bytes = msgspec.msgpack.encode(text_spec) if text_spec is not None else None
         self.encode = msgspec.msgpack.Encoder().encode
         self.decode_reply = msgspec.msgpack.Decoder(Reply).decode
-        shape = (slots, 3, spec.output_height, spec.output_width)
-        self._shm = SharedMemory(create=True, size=int(np.prod(shape)))
-        self.slab_name = self._shm.name
-        #: The slab: slot i holds one preprocessed image, uint8 (3, H, W). Read by the model process.
-        self.pixels = np.ndarray(shape, dtype=np.uint8, buffer=self._shm.buf)
+        #: The slab: slot i holds one preprocessed image (see `iei.slab`). Read by the model process.
+        self.slab = Slab.create(SlabLayout(slots=slots, item_shape=spec.item_shape, grids=spec.variable_grid))
+        self.layout_bytes = msgspec.msgpack.encode(self.slab.layout)
         self._free_slots: list[int] = list(range(slots))
         self._slot_waiters: deque[asyncio.Future] = deque()
         self._workers: list[_Worker] = []
@@ -192,7 +190,12 @@ class PreprocessPool:
         extra = f" and {self._background_count} background (nice {_BACKGROUND_NICENESS}; pids {background})" \
             if background else ""
         log.info("preprocessing pool ready: %d workers (pids %s)%s, %d slots of %s", self._worker_count, online, extra,
-                 self.pixels.shape[0], "x".join(map(str, self.pixels.shape[1:])))
+                 self.slab.layout.slots, "x".join(map(str, self.slab.layout.item_shape)))
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """The slab's pixels, uint8 (slots, *item_shape)."""
+        return self.slab.pixels
 
     @property
     def worker_pids(self) -> list[int]:
@@ -293,9 +296,7 @@ class PreprocessPool:
         for worker in self._workers:
             worker.stop()
         await asyncio.to_thread(self._join_workers)
-        del self.pixels
-        self._shm.close()
-        self._shm.unlink()
+        self.slab.close()
 
     def _join_workers(self) -> None:
         for worker in self._workers:

@@ -84,4 +84,4 @@ def _build_siglip(folder: Path, max_length: int) -> None:
         SiglipTokenizer(str(Path(raw) / "spiece.model"), model_max_length=max_length).save_pretrained(folder)
 
 
-_BUILDERS = {"clip": _build_clip, "siglip": _build_siglip}
+_BUILDERS = {"clip": _build_clip, "siglip": _build_siglip, "siglip2": _build_siglip}  # SigLIP 2: SentencePiece too (Gemma)

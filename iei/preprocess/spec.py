@@ -32,7 +32,8 @@ _FIXED_ONLY = ("ViTImageProcessor", "SiglipImageProcessor")
 _FIXED_THEN_CROP = ("DeiTImageProcessor", "BeitImageProcessor")
 _RESIZE_THEN_CROP = ("CLIPImageProcessor", "BitImageProcessor")
 _CONVNEXT = ("ConvNextImageProcessor",)
-_SUPPORTED = _FIXED_ONLY + _FIXED_THEN_CROP + _RESIZE_THEN_CROP + _CONVNEXT
+_MAX_PATCHES = ("Siglip2ImageProcessor",)
+_SUPPORTED = _FIXED_ONLY + _FIXED_THEN_CROP + _RESIZE_THEN_CROP + _CONVNEXT + _MAX_PATCHES
 
 # Settings that change the output in ways the spec cannot express; truthy means unsupported.
 _UNSUPPORTED_FLAGS = ("do_pad", "do_color_quantize", "do_flip_channel_order", "do_thumbnail")
@@ -53,7 +54,7 @@ class PreprocessSpec(msgspec.Struct, frozen=True, kw_only=True):
     decode_timeout_s: longest time one image may take to decode and resize (0: no limit).
     """
 
-    resize: Literal["fixed", "shortest_edge", "none"]
+    resize: Literal["fixed", "shortest_edge", "none", "max_patches"]
     resample: int
     output_height: int
     output_width: int
@@ -71,6 +72,24 @@ class PreprocessSpec(msgspec.Struct, frozen=True, kw_only=True):
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     formats: tuple[str, ...] = DEFAULT_FORMATS
     decode_timeout_s: float = 0.0
+    # resize "max_patches" (SigLIP 2 NaFlex): the image keeps its aspect ratio and is resized to the largest
+    # multiple of `patch_size` on each side that gives at most `max_num_patches` patches; output_height and
+    # output_width are then the nominal square of that many patches (what /info reports).
+    patch_size: int | None = None
+    max_num_patches: int | None = None
+
+    @property
+    def variable_grid(self) -> bool:
+        """True when each image has its own patch grid (the slab then records it beside the pixels)."""
+        return self.resize == "max_patches"
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        """The uint8 array one image becomes: (3, H, W), or for variable grids its patches padded to the
+        most the model takes, (max_num_patches, patch_size * patch_size * 3)."""
+        if self.variable_grid:
+            return (int(self.max_num_patches), int(self.patch_size) ** 2 * 3)  # type: ignore[arg-type]
+        return (3, self.output_height, self.output_width)
 
 
 def make_spec(
@@ -142,6 +161,9 @@ def spec_from_processor(
         max_image_pixels=max_image_pixels,
     )
     resample = int(processor.resample)
+    if family in _MAX_PATCHES:
+        return max_patches_spec(patch_size=int(processor.patch_size), max_num_patches=int(processor.max_num_patches),
+                                resample=resample, do_resize=bool(processor.do_resize), name=name, **common)
     if family in _CONVNEXT:
         return _convnext_spec(processor, name, resample, common)
     geometry = _resize_geometry(processor, name) if processor.do_resize else {"resize": "none"}
@@ -202,6 +224,20 @@ def _convnext_spec(processor: Any, name: str, resample: int, common: dict) -> Pr
             **common,
         )
     return make_spec(resize="fixed", resize_height=edge, resize_width=edge, resample=resample, **common)
+
+
+def max_patches_spec(*, patch_size: int, max_num_patches: int, resample: int, do_resize: bool, name: str,
+                     **common: Any) -> PreprocessSpec:
+    """SigLIP 2 NaFlex (`Siglip2ImageProcessor`): resize keeping the aspect ratio to at most `max_num_patches`
+    patches (its `get_image_size_for_max_num_patches`), then cut into patches. Raises ValueError for settings
+    that would give patches the model cannot take."""
+    if not do_resize:
+        raise ValueError(f"{name} with do_resize=False gives images that need not divide into patches")
+    if patch_size < 1 or max_num_patches < 1:
+        raise ValueError(f"{name} needs a positive patch_size and max_num_patches")
+    side = patch_size * max(1, int(max_num_patches ** 0.5))
+    return PreprocessSpec(resize="max_patches", resample=int(resample), output_height=side, output_width=side,
+                          patch_size=patch_size, max_num_patches=max_num_patches, **common)
 
 
 def _triple(value: Any, name: str, field: str) -> tuple[float, float, float]:

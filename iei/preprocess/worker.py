@@ -2,7 +2,7 @@
 and texts into token ids.
 
 It receives `(task_id, slot, encoding, payload)` frames on its end of a socket pair, writes the
-uint8 (3, H, W) pixels into `slot` of the shared-memory slab, and answers `(task_id, status, message)`.
+uint8 pixels (and a variable-resolution image's patch grid) into `slot` of the shared-memory slab (`iei.slab`), and answers `(task_id, status, message)`.
 Only the small reply crosses the process boundary; the pixels stay in shared memory. A text task
 (encoding "text", no slot) answers with its int32 token ids in the reply instead.
 """
@@ -15,7 +15,6 @@ import signal
 from contextlib import contextmanager
 from typing import Any, Iterator
 from multiprocessing.connection import Connection
-from multiprocessing.shared_memory import SharedMemory
 
 import msgspec
 import numpy as np
@@ -23,9 +22,10 @@ import numpy as np
 from iei.errors import InputError
 from iei.ipc import FrameReader
 from iei.models import transformers_without_torch
-from iei.preprocess.image import decode_payload, prepare_pixels
+from iei.preprocess.image import decode_payload, prepare_patches, prepare_pixels
 from iei.preprocess.spec import PreprocessSpec
 from iei.preprocess.text import TextSpec, Tokenizer
+from iei.slab import Slab, SlabLayout
 
 ENCODINGS = ("base64", "raw", "text")
 NO_SLOT = -1  # text tasks write nothing into the slab
@@ -46,13 +46,6 @@ class Reply(msgspec.Struct, array_like=True):
     status: int
     message: str = ""
     tokens: bytes = b""  # text tasks: int32 token ids
-
-
-def attach_slab(name: str, shape: tuple[int, ...]) -> tuple[SharedMemory, np.ndarray]:
-    """Map the parent's shared-memory slab. The parent alone owns (and unlinks) the segment; we are
-    spawned by multiprocessing, so we share its resource tracker and attaching registers nothing new."""
-    shm = SharedMemory(name=name)
-    return shm, np.ndarray(shape, dtype=np.uint8, buffer=shm.buf)
 
 
 def _as_bytes(payload: Any) -> bytes:
@@ -92,7 +85,7 @@ def _time_limit(seconds: float) -> Iterator[None]:
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
-def run_task(task: Task, spec: PreprocessSpec, slab: np.ndarray, tokenize: Tokenizer | None = None) -> Reply:
+def run_task(task: Task, spec: PreprocessSpec, slab: Slab, tokenize: Tokenizer | None = None) -> Reply:
     try:
         if ENCODINGS[task.encoding] == "text":
             if tokenize is None:
@@ -100,7 +93,10 @@ def run_task(task: Task, spec: PreprocessSpec, slab: np.ndarray, tokenize: Token
             return Reply(task.task_id, STATUS_OK, tokens=tokenize(task.payload).tobytes())
         with _time_limit(spec.decode_timeout_s):
             data = decode_payload(_as_bytes(task.payload), ENCODINGS[task.encoding])
-            prepare_pixels(data, spec, out=slab[task.slot])
+            if slab.grids is None:
+                prepare_pixels(data, spec, out=slab.pixels[task.slot])
+            else:
+                slab.grids[task.slot] = prepare_patches(data, spec, out=slab.pixels[task.slot])
         return Reply(task.task_id, STATUS_OK)
     except DecodeTimedOut:
         return Reply(task.task_id, STATUS_INPUT_ERROR, decode_timeout_message(spec))
@@ -111,7 +107,7 @@ def run_task(task: Task, spec: PreprocessSpec, slab: np.ndarray, tokenize: Token
         return Reply(task.task_id, STATUS_INTERNAL_ERROR, "the image could not be processed")
 
 
-def worker_main(conn: Connection, slab_name: str, slab_shape: tuple[int, ...], spec_bytes: bytes,
+def worker_main(conn: Connection, slab_name: str, layout_bytes: bytes, spec_bytes: bytes,
                 text_spec_bytes: bytes | None = None, niceness: int = 0) -> None:
     """Entry point of a worker process (forked from the pool's fork server, a fresh interpreter: no state
     of the server's process is inherited). `niceness` above 0 lowers its CPU priority (background-job
@@ -126,7 +122,7 @@ def worker_main(conn: Connection, slab_name: str, slab_shape: tuple[int, ...], s
     if tokenize is not None:
         transformers_without_torch()  # a tokenizer needs none
         tokenize.load()
-    shm, slab = attach_slab(slab_name, slab_shape)
+    slab = Slab.attach(slab_name, msgspec.msgpack.decode(layout_bytes, type=SlabLayout))
     decode_task = msgspec.msgpack.Decoder(Task).decode
     encode = msgspec.msgpack.Encoder().encode
     conn.send_bytes(b"ready")
@@ -136,5 +132,4 @@ def worker_main(conn: Connection, slab_name: str, slab_shape: tuple[int, ...], s
             conn.send_bytes(encode(run_task(decode_task(frame), spec, slab, tokenize)))
     finally:
         frames.close()
-        del slab
-        shm.close()
+        slab.close()

@@ -305,7 +305,7 @@ def test_warmup_threads_and_close(tiny_dir):
     threads = torch.get_num_threads()
     backend = _load(tiny_dir["swin"], max_batch_size=64, num_threads=threads)
     embed, batches = backend.embed_images, []
-    backend.embed_images = lambda pixels: batches.append(len(pixels)) or embed(pixels)
+    backend.embed_images = lambda pixels, grids=None: batches.append(len(pixels)) or embed(pixels, grids)
     backend.warmup()
     assert batches == [1]  # on the CPU; a GPU also warms the largest batch
     assert warmup_batch_sizes(64, on_gpu=True) == [1, 64] and warmup_batch_sizes(1, on_gpu=True) == [1]
