@@ -122,6 +122,16 @@ def warmup_batch_sizes(max_batch_size: int, *, on_gpu: bool) -> list[int]:
     return sorted({1, max(1, max_batch_size)}) if on_gpu else [1]
 
 
+def blank_images(info: ModelInfo, num_channels: int, batch: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(pixels, grids) of `batch` black images the model takes: for warm-ups and dry runs. A variable-
+    resolution model gets the squarest full grid, the most work an image can bring."""
+    if info.max_num_patches is None:
+        return np.zeros((batch, num_channels, *info.image_size), dtype=np.uint8), None
+    side = max(1, int(info.max_num_patches ** 0.5))
+    grids = np.tile(np.array([[side, info.max_num_patches // side]], dtype=np.int32), (batch, 1))
+    return np.zeros((batch, info.max_num_patches, num_channels * info.patch_size ** 2), dtype=np.uint8), grids  # type: ignore[operator]
+
+
 class Backend(Protocol):
     """A loaded model. All methods run on the model thread and may block."""
 

@@ -18,9 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import BackendConfig, BackendError, ModelInfo, check_pixels, check_tokens, warmup_batch_sizes
+from backends.base import (
+    BackendConfig, BackendError, ModelInfo, blank_images, check_patches, check_pixels, check_tokens, warmup_batch_sizes,
+)
+from backends.naflex import PositionEmbeddings
 from backends.onnx_export import cached_export
-from backends.onnx_manifest import MODEL_FILE, TEXT_MODEL_FILE, ExportOptions, Manifest, is_export_folder, read_export
+from backends.onnx_manifest import (
+    MODEL_FILE, POSITION_TABLE_FILE, TEXT_MODEL_FILE, ExportOptions, Manifest, is_export_folder, read_export,
+)
 from backends.onnx_providers import CPU, ProviderPlan, plan_providers, session_options
 
 logger = logging.getLogger("iei.backends.onnx")
@@ -42,7 +47,8 @@ class OnnxBackend:
     `load_onnx_backend` / `load_tensorrt_backend`. All methods run on the model thread and block."""
 
     def __init__(self, session: Any, manifest: Manifest, plan: ProviderPlan, info: ModelInfo, max_batch_size: int,
-                 pixel_affine: tuple[np.ndarray, np.ndarray], text_session: Any = None) -> None:
+                 pixel_affine: tuple[np.ndarray, np.ndarray], text_session: Any = None,
+                 positions: PositionEmbeddings | None = None) -> None:
         self._session = session  # owned by the model thread
         self._text_session = text_session
         # The trace drops an input the graph never reads (SigLIP ignores the attention mask).
@@ -53,6 +59,7 @@ class OnnxBackend:
         self._on_gpu = plan.device != "cpu"
         self._scale, self._offset = pixel_affine  # float32 (1, C, 1, 1)
         self._max_batch_size = max_batch_size
+        self._positions = positions  # NaFlex: the position table, resized per patch grid (cached)
         self.info = info
 
     def _normalise(self, pixels: np.ndarray) -> np.ndarray:
@@ -63,23 +70,43 @@ class OnnxBackend:
         x += self._offset
         return x
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def _patch_feeds(self, pixels: np.ndarray, grids: np.ndarray) -> dict[str, np.ndarray]:
+        """NaFlex's graph inputs: normalised patches (channels last within a patch) with the padding zeroed, as
+        the processor pads, its mask, and the position embeddings resized to each grid."""
+        count = pixels.shape[1]
+        mask = np.arange(count)[None, :] < (grids[:, 0].astype(np.int64) * grids[:, 1])[:, None]
+        x = pixels.astype(np.float32).reshape(*pixels.shape[:2], -1, self._num_channels)
+        if pixels.dtype == np.uint8:
+            x *= self._scale.reshape(-1)
+            x += self._offset.reshape(-1)
+        x = x.reshape(pixels.shape) * mask[..., None]
+        return {self._input: x, "pixel_attention_mask": mask.astype(np.int64),
+                "position_embeddings": self._positions.batch(grids, count)}  # type: ignore[union-attr]
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         if not self._io_binding:
-            return self._session.run([self._output], {self._input: x})[0]
+            return self._session.run([self._output], feeds)[0]
         binding = self._session.io_binding()
-        binding.bind_cpu_input(self._input, x)
+        for name, x in feeds.items():
+            binding.bind_cpu_input(name, x)
         binding.bind_output(self._output)  # on the provider's device; copied back once below
         self._session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
 
     def embed_images(self, pixels: np.ndarray, grids: np.ndarray | None = None) -> np.ndarray:
         """uint8 (B, C, H, W) raw pixels or float32 normalised ones -> float32 (B, D), pooled, not
-        L2-normalised. Raises BackendError."""
-        check_pixels(pixels, self._num_channels, self.info.image_size)
+        L2-normalised; for variable-resolution models, patches and their grids (see `Backend.embed_images`).
+        Raises BackendError."""
+        if self._positions is not None:
+            check_patches(pixels, grids, self.info.max_num_patches, self._num_channels * self.info.patch_size ** 2)  # type: ignore[arg-type, operator]
+        else:
+            check_pixels(pixels, self._num_channels, self.info.image_size)
         if self._session is None:
             raise BackendError("the model has been closed")
         try:
-            return np.asarray(self._run(self._normalise(pixels)), dtype=np.float32)
+            feeds = self._patch_feeds(pixels, grids) if self._positions is not None else \
+                {self._input: self._normalise(pixels)}  # type: ignore[arg-type]
+            return np.asarray(self._run(feeds), dtype=np.float32)
         except Exception as e:
             raise BackendError(f"model failed on a batch of {pixels.shape[0]} images: {type(e).__name__}: {_short(e, 200)}") from e
 
@@ -98,9 +125,8 @@ class OnnxBackend:
     def warmup(self) -> None:
         """Zeros at batch 1, and on a GPU at the largest batch too (on TensorRT this builds the engine).
         See `backends.base.warmup_batch_sizes`."""
-        h, w = self.info.image_size
         for batch in warmup_batch_sizes(self._max_batch_size, on_gpu=self._on_gpu):
-            self.embed_images(np.zeros((batch, self._num_channels, h, w), dtype=np.uint8))
+            self.embed_images(*blank_images(self.info, self._num_channels, batch))
             if self._text_session is not None:
                 self.embed_texts(np.zeros((batch, 8), dtype=np.int64), np.ones((batch, 8), dtype=np.int64))
 
@@ -144,6 +170,10 @@ def _load(backend: str, config: BackendConfig) -> OnnxBackend:
     else:
         options = ExportOptions(opset=config.onnx_opset, optimize=config.onnx_optimize, precision=plan.graph_precision)
         folder, manifest = cached_export(config, options, cache_dir)
+    if backend == "tensorrt" and manifest.max_num_patches is not None:
+        raise BackendError(f"{config.model!r} takes variable patch grids (SigLIP 2 NaFlex), which the TensorRT "
+                           "backend's engine profiles (fixed image shapes) do not describe; use --backend onnx "
+                           "(the CUDA provider on a GPU) or --backend torch")
     model_file = folder / MODEL_FILE
     trt_cache = None
     if backend == "tensorrt":
@@ -165,11 +195,18 @@ def _load(backend: str, config: BackendConfig) -> OnnxBackend:
         embedding_dim=manifest.embedding_dim, image_size=manifest.image_size, random_weights=manifest.random_weights,
         modalities=manifest.modalities, text_max_length=manifest.text_max_length, text_padding=manifest.text_padding,
         provider=active[0], precision=plan.precision, model_file=str(model_file),
+        max_num_patches=manifest.max_num_patches, patch_size=manifest.patch_size,
     )
+    positions = None
+    if manifest.max_num_patches is not None:
+        if config.max_num_patches != manifest.max_num_patches:
+            raise BackendError(f"{folder} was exported for at most {manifest.max_num_patches} patches an image, "
+                               f"but the image processor gives up to {config.max_num_patches}")
+        positions = PositionEmbeddings(np.load(folder / POSITION_TABLE_FILE))
     logger.info("loaded %s with ONNX Runtime (%s, %s, %s, optimise %s, pooling=%s, dim=%d)", config.model, active[0],
                 plan.device, plan.precision, manifest.optimize, manifest.pooling, manifest.embedding_dim)
     affine = tuple(np.asarray(v, dtype=np.float32).reshape(1, -1, 1, 1) for v in (config.pixel_scale, config.pixel_offset))
-    return OnnxBackend(session, manifest, plan, info, config.max_batch_size, affine, text_session)
+    return OnnxBackend(session, manifest, plan, info, config.max_batch_size, affine, text_session, positions)
 
 
 def _session(path: Path, config: BackendConfig, providers: Any, provider_options: Any) -> Any:

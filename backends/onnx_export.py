@@ -35,7 +35,7 @@ import numpy as np
 
 from backends.base import BackendConfig, BackendError
 from backends.onnx_manifest import (
-    EXPORT_FORMAT, INPUT_NAME, MANIFEST, MODEL_FILE, OUTPUT_NAME, TEXT_MODEL_FILE, CorruptExport,
+    EXPORT_FORMAT, INPUT_NAME, MANIFEST, MODEL_FILE, OUTPUT_NAME, POSITION_TABLE_FILE, TEXT_MODEL_FILE, CorruptExport,
     ExportOptions, Manifest, cache_entry, cache_key, discard, effective_options, onnx_files, package_versions,
     read_export, sha256_of,
 )
@@ -48,6 +48,13 @@ PRECISIONS = ("fp32", "fp16", "int8")
 # transformers model_type -> ONNX Runtime optimiser model type (BERT-style fusions suit every ViT-like
 # encoder; the CNNs only get LayerNorm/Gelu fusions, which is what matches there).
 _ORT_MODEL_TYPE = {"swin": "swin", "swinv2": "swin"}
+
+
+# Model types Optimum's exporter has no ONNX config for, exported with torch.onnx.export directly (the same
+# wrapper modules, our own input names and dynamic axes). SigLIP 2: its NaFlex image graph takes position
+# embeddings as an input (`backends.pooling.NaflexImageGraph`), which no Optimum config describes anyway.
+_DIRECT_EXPORT_TYPES = ("siglip2",)
+_DIRECT_EXPORT_OPSET = 17  # LayerNormalization as one op
 
 
 class ExportError(BackendError):
@@ -90,6 +97,28 @@ def _onnx_config(hf_config: Any, model_id: str, example: dict[str, Any] | None =
             return dict(example) if example is not None else super().generate_dummy_inputs(framework, **kwargs)
 
     return EmbeddingOnnxConfig(hf_config, task="feature-extraction")
+
+
+def _naflex_examples(model: Any, max_num_patches: int, patch_values: int) -> list[dict[str, Any]]:
+    """Batches for the NaFlex image graph: a full square grid beside a small one (padding masked), and a single
+    image of another grid, so that neither the batch, the grids nor the padding is baked into the trace."""
+    import torch
+
+    from backends.naflex import PositionEmbeddings
+    from backends.pooling import position_table
+
+    table = PositionEmbeddings(position_table(model).float().numpy())
+    side = max(1, int(max_num_patches ** 0.5))
+    rng = np.random.default_rng(0)
+    examples = []
+    for grids in ([(1, 3)], [(side, max_num_patches // side), (3, 5)]):
+        grid_array = np.array(grids, dtype=np.int64)
+        mask = np.arange(max_num_patches)[None, :] < (grid_array[:, 0] * grid_array[:, 1])[:, None]
+        pixels = rng.standard_normal((len(grids), max_num_patches, patch_values), dtype=np.float32) * mask[..., None]
+        examples.append({INPUT_NAME: torch.from_numpy(pixels.astype(np.float32)),
+                         "pixel_attention_mask": torch.from_numpy(mask.astype(np.int64)),
+                         "position_embeddings": torch.from_numpy(table.batch(grid_array, max_num_patches))})
+    return examples
 
 
 def _example_pixels(image_shape: tuple[int, int, int]) -> dict[str, Any]:
@@ -190,12 +219,30 @@ def _check(path: Path, module: Any, examples: list[dict[str, Any]]) -> tuple[int
     return dim, diff
 
 
+def _export_direct(module: Any, example: dict[str, Any], path: Path, opset: int) -> None:
+    """torch.onnx.export of `module` called with `example`'s inputs in order; one output, the pooled
+    `embedding`. Every input's first axis is the batch; the second axis of token ids, masks and patch arrays
+    (2-D and 3-D inputs: texts' tokens, NaFlex's patches) is dynamic too, while an image tensor (B, C, H, W)
+    keeps its size."""
+    import torch
+
+    axes = {name: {0: "batch_size", **({1: "sequence_length"} if value.dim() in (2, 3) else {})}
+            for name, value in example.items()}
+    axes[OUTPUT_NAME] = {0: "batch_size"}
+    with torch.inference_mode(False), torch.no_grad():
+        torch.onnx.export(module, tuple(example.values()), str(path), input_names=list(example), dynamo=False,
+                          output_names=[OUTPUT_NAME], dynamic_axes=axes, opset_version=opset)
+
+
 def _export_graph(module: Any, hf_config: Any, model_id: str, example: dict[str, Any], path: Path, opset: int,
                   options: ExportOptions) -> None:
-    from optimum.exporters.onnx import export
+    if hf_config.model_type in _DIRECT_EXPORT_TYPES:
+        _export_direct(module, example, path, opset)
+    else:
+        from optimum.exporters.onnx import export
 
-    module.config = hf_config  # Optimum's exporter reads and sets `model.config`
-    export(module, _onnx_config(hf_config, model_id, example), path, opset=opset, disable_dynamic_axes_fix=True)
+        module.config = hf_config  # Optimum's exporter reads and sets `model.config`
+        export(module, _onnx_config(hf_config, model_id, example), path, opset=opset, disable_dynamic_axes_fix=True)
     _optimize(path, options.optimize, hf_config.model_type)
     if options.precision == "fp16":
         _to_fp16(path)
@@ -203,7 +250,8 @@ def _export_graph(module: Any, hf_config: Any, model_id: str, example: dict[str,
 
 def export_model(config: BackendConfig, options: ExportOptions, out: str | os.PathLike) -> Manifest:
     """Export `config`'s model into the empty (or new) folder `out`. Raises ExportError/BackendError."""
-    from backends.torch_backend import image_size_of, load_cpu_embedder, read_model_config, text_fields
+    from backends.pooling import position_table
+    from backends.torch_backend import image_size_of, load_cpu_embedder, patch_fields, read_model_config, text_fields
 
     if options.optimize not in OPTIMIZE_LEVELS:
         raise ExportError(f"unknown optimisation level {options.optimize!r}; use one of {', '.join(OPTIMIZE_LEVELS)}")
@@ -213,20 +261,28 @@ def export_model(config: BackendConfig, options: ExportOptions, out: str | os.Pa
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     hf_config, pooling, commit = read_model_config(config)
-    _onnx_config(hf_config, config.model)  # before loading weights: unsupported types fail fast
+    direct = hf_config.model_type in _DIRECT_EXPORT_TYPES
+    if not direct:
+        _onnx_config(hf_config, config.model)  # before loading weights: unsupported types fail fast
     embedder, text_embedder, hf_config, pooling = load_cpu_embedder(config)
     image_size, num_channels = image_size_of(hf_config, config.image_size)
-    image_example = _example_pixels((num_channels, *image_size))
+    patches = patch_fields(hf_config, config.max_num_patches, config.model)
     text = text_fields(hf_config, text_embedder is not None)
-    graphs = [(embedder, MODEL_FILE, [image_example])]
+    if patches:  # NaFlex: the graph takes the position embeddings the backend resizes per grid
+        patch_values = num_channels * patches["patch_size"] ** 2
+        graphs = [(embedder, MODEL_FILE, _naflex_examples(embedder.model, patches["max_num_patches"], patch_values))]
+    else:
+        graphs = [(embedder, MODEL_FILE, [_example_pixels((num_channels, *image_size))])]
     if text_embedder is not None:
         max_length = text["text_max_length"]
         graphs.append((text_embedder, TEXT_MODEL_FILE, [_example_text(hf_config, n) for n in sorted({7, max_length})]))
-    opset = options.opset or _onnx_config(hf_config, config.model).DEFAULT_ONNX_OPSET
+    opset = options.opset or (_DIRECT_EXPORT_OPSET if direct else _onnx_config(hf_config, config.model).DEFAULT_ONNX_OPSET)
     isa, dims, diff = None, set(), 0.0
     try:
         for module, file_name, examples in graphs:
             _export_graph(module, hf_config, config.model, examples[-1], out / file_name, opset, options)
+        if patches:
+            np.save(out / POSITION_TABLE_FILE, position_table(embedder.model).float().numpy())
         hf_config.save_pretrained(out)
         _save_processor(config, out, text_embedder is not None)
         for module, file_name, examples in graphs:
@@ -249,7 +305,7 @@ def export_model(config: BackendConfig, options: ExportOptions, out: str | os.Pa
         embedding_dim=dims.pop(), image_size=image_size, num_channels=num_channels, opset=opset,
         optimize=options.optimize, precision=options.precision, int8_isa=isa, input_name=INPUT_NAME,
         output_name=OUTPUT_NAME, files={p.name: sha256_of(p) for p in onnx_files(out)},
-        versions=package_versions(), check_max_abs_diff=diff, **text,
+        versions=package_versions(), check_max_abs_diff=diff, **text, **patches,
     )
     (out / MANIFEST).write_bytes(msgspec.json.format(msgspec.json.encode(manifest)))
     logger.info("exported %s to %s (%s, %s, opset %d, %s, max |onnx - torch| %.2e)", config.model, out,

@@ -30,6 +30,8 @@ from backends.onnx_providers import cpu_isa
 MANIFEST = "iei-export.json"
 MODEL_FILE = "model.onnx"
 TEXT_MODEL_FILE = "text_model.onnx"
+# SigLIP 2 NaFlex: the (S, S, D) position-embedding table the backend resizes per patch grid (`backends.naflex`)
+POSITION_TABLE_FILE = "position_embedding.npy"
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "embedding"
 EXPORT_FORMAT = 1  # bump when the folder layout or the exported graph changes meaning
 _PACKAGES = ("torch", "transformers", "optimum-onnx", "optimum", "onnx", "onnxruntime")
@@ -71,6 +73,10 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     modalities: tuple[str, ...] = ("image",)
     text_max_length: int | None = None
     text_padding: str | None = None
+    # Variable-resolution models (SigLIP 2 NaFlex): see ModelInfo's fields of the same names. The image graph
+    # then takes patches, pixel_attention_mask and position_embeddings (POSITION_TABLE_FILE resized per grid).
+    max_num_patches: int | None = None
+    patch_size: int | None = None
 
 
 def package_versions() -> dict[str, str]:
@@ -92,9 +98,11 @@ def sha256_of(path: Path) -> str:
 
 
 def onnx_files(folder: Path) -> list[Path]:
-    """The graph and its external-data file, if the exporter split one off (models over 2 GB)."""
+    """What the manifest checksums: the graphs, their external-data files if the exporter split any off (models
+    over 2 GB), and NaFlex's position table."""
     names = (MODEL_FILE, TEXT_MODEL_FILE)
-    return sorted(p for p in folder.iterdir() if p.name in names or p.name.startswith(tuple(n + "_data" for n in names)))
+    return sorted(p for p in folder.iterdir() if p.name in names or p.name == POSITION_TABLE_FILE
+                  or p.name.startswith(tuple(n + "_data" for n in names)))
 
 
 def _source_fingerprint(config: BackendConfig) -> str | None:
@@ -124,7 +132,7 @@ def cache_key(config: BackendConfig, pooling: str, commit: str | None, options: 
     return {
         "format": EXPORT_FORMAT, "model": config.model, "revision": config.revision, "commit": commit,
         "load_format": config.load_format, "source": _source_fingerprint(config), "pooling": pooling,
-        "image_size": config.image_size,
+        "image_size": config.image_size, "max_num_patches": config.max_num_patches,
         "opset": options.opset, "optimize": options.optimize, "precision": options.precision,
         "int8_isa": cpu_isa() if options.precision == "int8" else None, "versions": package_versions(),
     }

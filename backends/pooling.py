@@ -149,14 +149,14 @@ class EmbeddingModel(nn.Module):
         self.mean_skips_cls = spec.mean_skips_cls
         # A dual encoder (CLIP, SigLIP) runs its vision tower only; `projection` needs the whole model.
         self.vision = getattr(model, "vision_model", model)
+        self.naflex = NaflexImageGraph(model) if model_type in VARIABLE_GRID_TYPES else None
 
     def forward(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None,
-                spatial_shapes: torch.Tensor | None = None) -> torch.Tensor:
-        """Variable-resolution models (SigLIP 2 NaFlex) also take `pixel_attention_mask` (B, N) and
-        `spatial_shapes` (B, 2), with `pixel_values` as patches (B, N, patch * patch * 3)."""
-        if spatial_shapes is not None:
-            return self.model.get_image_features(pixel_values=pixel_values, pixel_attention_mask=pixel_attention_mask,
-                                                 spatial_shapes=spatial_shapes)
+                position_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """Variable-resolution models (SigLIP 2 NaFlex) take patches (B, N, patch * patch * 3) with their
+        `pixel_attention_mask` (B, N) and `position_embeddings` (B, N, D): see `NaflexImageGraph`."""
+        if self.naflex is not None:
+            return self.naflex(pixel_values, pixel_attention_mask, position_embeddings)
         if self.pooling == "projection":
             return self.model.get_image_features(pixel_values=pixel_values)
         # A dual encoder's vision tower always returns an output object (and takes no `return_dict`).
@@ -177,6 +177,42 @@ class EmbeddingModel(nn.Module):
         if hidden.dim() == 4:  # (B, C, H, W) feature map
             return hidden.mean(dim=(2, 3))
         raise PoolingError(f"cannot mean-pool a last_hidden_state of shape {tuple(hidden.shape)}")
+
+
+class NaflexImageGraph(nn.Module):
+    """SigLIP 2 NaFlex's image embedding (`get_image_features`: the vision tower and its attention-pooling
+    head) with the position embeddings as an input. The per-image resize of the position table loops over
+    the batch with sizes read from the data, which a traced ONNX graph cannot hold, so every backend computes
+    it outside the graph (`backends.naflex`, numpy); every other step is the vision tower's own modules, in its
+    order. One definition for torch and ONNX, equal to `get_image_features` within 3e-6 for every grid but
+    one-column ones, where torch's CPU kernel (antialiased bilinear to width 1, torch 2.13) repeats the first
+    row; there IEI gives the correct resize, as torch does in channels-last layout (docs/models.md).
+
+    forward: pixel_values float (B, N, patch * patch * 3) normalised patches, pixel_attention_mask int64
+    (B, N), position_embeddings float (B, N, D) -> (B, D), not L2-normalised.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.vision = getattr(model, "vision_model", model)
+
+    def forward(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor,
+                position_embeddings: torch.Tensor) -> torch.Tensor:
+        from transformers.modeling_attn_mask_utils import _prepare_4d_attention_mask
+
+        vision = self.vision
+        patches = vision.embeddings.patch_embedding(pixel_values.to(vision.embeddings.patch_embedding.weight.dtype))
+        hidden = patches + position_embeddings.to(patches.dtype)
+        mask = _prepare_4d_attention_mask(pixel_attention_mask, hidden.dtype)
+        hidden = vision.encoder(inputs_embeds=hidden, attention_mask=mask).last_hidden_state
+        return vision.head(vision.post_layernorm(hidden), pixel_attention_mask)
+
+
+def position_table(model: nn.Module) -> torch.Tensor:
+    """SigLIP 2 NaFlex's learned position embeddings as the (S, S, D) grid its resize starts from."""
+    embeddings = getattr(model, "vision_model", model).embeddings
+    side = embeddings.position_embedding_size
+    return embeddings.position_embedding.weight.detach().reshape(side, side, -1)
 
 
 class TextEmbeddingModel(nn.Module):

@@ -15,12 +15,13 @@ import numpy as np
 import torch
 
 from backends.base import (
-    BackendConfig, BackendError, ModelInfo, check_patches, check_pixels, check_tokens, warmup_batch_sizes,
+    BackendConfig, BackendError, ModelInfo, blank_images, check_patches, check_pixels, check_tokens, warmup_batch_sizes,
 )
 from backends.pooling import (
     VARIABLE_GRID_TYPES, EmbeddingModel, PoolingError, TextEmbeddingModel, family_spec, has_text, model_kwargs,
-    resolve_pooling, vision_config,
+    position_table, resolve_pooling, vision_config,
 )
+from backends.naflex import PositionEmbeddings
 
 logger = logging.getLogger("iei.backends")
 
@@ -101,6 +102,9 @@ class TorchBackend:
         self._scale, self._offset = pixel_affine  # float32 (1, C, 1, 1) on the device
         self._num_channels = num_channels
         self._max_batch_size = max_batch_size
+        # NaFlex: the position table, resized per patch grid outside the model (see pooling.NaflexImageGraph)
+        self._positions = PositionEmbeddings(position_table(embedder.model).float().cpu().numpy()) \
+            if embedder.naflex is not None else None
         self.info = info
 
     def _forward(self, pixels: np.ndarray, grids: np.ndarray | None) -> np.ndarray:
@@ -117,11 +121,12 @@ class TorchBackend:
             with torch.inference_mode():
                 y = self._embedder(x.to(dtype=self._dtype))
             return y.to(device="cpu", dtype=torch.float32).numpy()
-        shapes = torch.from_numpy(np.asarray(grids, dtype=np.int64)).to(self._device)
-        mask = torch.arange(x.shape[1], device=self._device)[None, :] < (shapes[:, 0] * shapes[:, 1])[:, None]
+        counts = torch.from_numpy(grids[:, 0].astype(np.int64) * grids[:, 1]).to(self._device)
+        mask = torch.arange(x.shape[1], device=self._device)[None, :] < counts[:, None]
         x = x * mask[..., None]  # padding patches are zeros after normalisation, as the processor pads them
+        positions = torch.from_numpy(self._positions.batch(grids, x.shape[1])).to(self._device)  # type: ignore[union-attr]
         with torch.inference_mode():
-            y = self._embedder(x.to(dtype=self._dtype), mask.to(torch.int64), shapes)
+            y = self._embedder(x.to(dtype=self._dtype), mask.to(torch.int64), positions.to(dtype=self._dtype))
         return y.to(device="cpu", dtype=torch.float32).numpy()
 
     def embed_images(self, pixels: np.ndarray, grids: np.ndarray | None = None) -> np.ndarray:
@@ -173,16 +178,6 @@ class TorchBackend:
         self._text_embedder = None
         if self._device.type == "cuda":
             torch.cuda.empty_cache()
-
-
-def blank_images(info: ModelInfo, num_channels: int, batch: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """(pixels, grids) of `batch` black images the model takes: for warm-ups and dry runs. A variable-
-    resolution model gets the squarest full grid, the most work an image can bring."""
-    if info.max_num_patches is None:
-        return np.zeros((batch, num_channels, *info.image_size), dtype=np.uint8), None
-    side = max(1, int(info.max_num_patches ** 0.5))
-    grids = np.tile(np.array([[side, info.max_num_patches // side]], dtype=np.int32), (batch, 1))
-    return np.zeros((batch, info.max_num_patches, num_channels * info.patch_size ** 2), dtype=np.uint8), grids  # type: ignore[operator]
 
 
 def _load_auto(config: BackendConfig, pooling_request: str | None) -> tuple[Any, str, str | None]:

@@ -110,6 +110,10 @@ class Info(msgspec.Struct):
     decode_timeout_ms: float = 0.0
     request_timeout_ms: float = 0.0  # default deadline; 0: none
     allow_url_inputs: bool = False
+    # Variable-resolution models (SigLIP 2 NaFlex): each image keeps its aspect ratio and becomes at most
+    # max_num_patches patches of patch_size pixels (image_size is then the square of as many). None otherwise.
+    max_num_patches: int | None = None
+    patch_size: int | None = None
 
 
 # -- background batch jobs (/batches) ----------------------------------------------------------
