@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import (
     BeitConfig, BeitModel, CLIPConfig, CLIPModel, ConvNextConfig, ConvNextModel, Dinov2Config, Dinov2Model, SiglipConfig,
-    SiglipModel, SwinConfig, SwinModel, ViTConfig, ViTModel,
+    Siglip2Config, Siglip2Model, SiglipModel, SwinConfig, SwinModel, ViTConfig, ViTModel,
 )
 
 from iei.models import catalog_dir
@@ -36,8 +36,11 @@ RETRIEVAL_REFERENCE_MODEL = {
     "dinov2": "facebook/dinov2-small",
 }
 RETRIEVAL_FAMILIES = tuple(RETRIEVAL_REFERENCE_MODEL)
-TEXT_FAMILIES = ("clip", "siglip")
-TEXT_MAX_LENGTH = {"clip": 77, "siglip": 64}
+# Variable-resolution families (patch grids), built like the others but not part of RETRIEVAL_FAMILIES: their
+# pixels are patches, so the fixed-size tests do not apply.
+NAFLEX_REFERENCE_MODEL = {"siglip2": "google/siglip2-base-patch16-naflex"}
+TEXT_FAMILIES = ("clip", "siglip", "siglip2")
+TEXT_MAX_LENGTH = {"clip": 77, "siglip": 64, "siglip2": 64}
 
 # embedding width of each tiny family (mean pooling)
 TINY_EMBEDDING_DIM = {"vit": 32, "deit": 32, "beit": 32, "swin": 32, "convnext": 32}
@@ -67,6 +70,9 @@ def _build(family: str) -> torch.nn.Module:
     if family == "siglip":
         text = {**_TEXT, "vocab_size": 256, "max_position_embeddings": 64}
         return SiglipModel(SiglipConfig(text_config=text, vision_config=_TRANSFORMER))
+    if family == "siglip2":  # NaFlex: the published patch size and position grid (16 x 16), a tiny width
+        text = {**_TEXT, "vocab_size": 256, "max_position_embeddings": 64}
+        return Siglip2Model(Siglip2Config(text_config=text, vision_config={**_TEXT, "num_patches": 256, "patch_size": 16}))
     if family == "dinov2":  # the pretraining size, 518, as on the hub; the processor crops 224
         return Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
                                         image_size=518, patch_size=14, layerscale_value=0.5))
@@ -81,7 +87,7 @@ def make_tiny_model(family: str, root: Path) -> Path:
         model = _build(family).eval()
     folder = Path(root) / family
     model.save_pretrained(folder)
-    reference = {**REFERENCE_MODEL, **RETRIEVAL_REFERENCE_MODEL}[family]
+    reference = {**REFERENCE_MODEL, **RETRIEVAL_REFERENCE_MODEL, **NAFLEX_REFERENCE_MODEL}[family]
     shutil.copyfile(catalog_dir(reference) / "preprocessor_config.json", folder / "preprocessor_config.json")
     if family in TEXT_FAMILIES:
         save_random_tokenizer(family, TEXT_MAX_LENGTH[family], folder)

@@ -49,11 +49,24 @@ def retrieval_reference(model_dir: Path, images: list[bytes]) -> np.ndarray:
 
 def text_reference(model_dir: Path, texts: list[str]) -> np.ndarray:
     """`get_text_features`, tokenised as the model cards say: CLIP pads to the longest text (with its mask),
-    SigLIP pads to max_length (and was trained without a mask)."""
+    SigLIP and SigLIP 2 pad to max_length, 64 (and were trained without a mask)."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModel.from_pretrained(model_dir).eval()
     with torch.inference_mode():
-        if model.config.model_type == "siglip":
-            ids = tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt")["input_ids"]
+        if model.config.model_type in ("siglip", "siglip2"):
+            ids = tokenizer(texts, padding="max_length", max_length=64, truncation=True, return_tensors="pt")["input_ids"]
             return model.get_text_features(input_ids=ids).numpy()
         return model.get_text_features(**tokenizer(texts, padding=True, truncation=True, return_tensors="pt")).numpy()
+
+
+def naflex_reference(model_dir: Path, images: list[bytes]) -> np.ndarray:
+    """SigLIP 2 NaFlex: each image through `Siglip2ImageProcessor` (its own patch grid) and `get_image_features`,
+    one at a time, as the model card runs it."""
+    processor = AutoImageProcessor.from_pretrained(model_dir, use_fast=False)
+    model = AutoModel.from_pretrained(model_dir).eval()
+    rows = []
+    for data in images:
+        inputs = processor(images=load_image(Image.open(io.BytesIO(data))), return_tensors="pt")
+        with torch.inference_mode():
+            rows.append(model.get_image_features(**inputs)[0].numpy())
+    return np.stack(rows)
