@@ -28,7 +28,7 @@ from iei.config import Settings
 from iei.engine import finish_vectors
 from iei.model_plan import model_plan
 from iei.errors import InputError
-from iei.preprocess.image import prepare_pixels
+from iei.preprocess.image import prepare_patches, prepare_pixels
 from iei.preprocess.spec import PreprocessSpec
 
 log = logging.getLogger("iei.embed.ray")
@@ -37,21 +37,26 @@ _BLOCK_IMAGES = 256  # at most this many paths per input block, and at least two
 
 
 def decode_batch(batch: dict[str, np.ndarray], spec_bytes: bytes) -> dict[str, np.ndarray]:
-    """Decode stage (a Ray task): paths -> uint8 (n, 3, H, W) pixels and an error per path ("" if ok)."""
+    """Decode stage (a Ray task): paths -> uint8 pixels (n, *spec.item_shape), the patch grids (n, 2) of a
+    variable-resolution model (zeros otherwise) and an error per path ("" if ok)."""
     spec = msgspec.msgpack.decode(spec_bytes, type=PreprocessSpec)
     paths = batch["path"]
-    pixels = np.zeros((len(paths), 3, spec.output_height, spec.output_width), dtype=np.uint8)
+    pixels = np.zeros((len(paths), *spec.item_shape), dtype=np.uint8)
+    grids = np.zeros((len(paths), 2), dtype=np.int32)
     errors = []
     for i, path in enumerate(paths):
         try:
-            prepare_pixels(read_image_file(str(path)), spec, out=pixels[i])
+            if spec.variable_grid:
+                grids[i] = prepare_patches(read_image_file(str(path)), spec, out=pixels[i])
+            else:
+                prepare_pixels(read_image_file(str(path)), spec, out=pixels[i])
             errors.append("")
         except InputError as e:
             errors.append(e.message)
         except Exception:  # a decoder bug must not fail the whole job
             logging.getLogger("iei.embed.ray").exception("preprocessing %s failed unexpectedly", path)
             errors.append("the image could not be processed")
-    return {"path": paths, "pixels": pixels, "error": np.array(errors, dtype=object)}
+    return {"path": paths, "pixels": pixels, "grids": grids, "error": np.array(errors, dtype=object)}
 
 
 class EmbedStage:
@@ -74,7 +79,8 @@ class EmbedStage:
         decoded = errors == ""
         if decoded.any():
             try:
-                raw = self.backend.embed_images(np.ascontiguousarray(batch["pixels"][decoded]))
+                grids = batch["grids"][decoded] if self.backend.info.max_num_patches is not None else None
+                raw = self.backend.embed_images(np.ascontiguousarray(batch["pixels"][decoded]), grids)
                 vectors[decoded] = finish_vectors(raw, self.normalize, self.dimensions)
             except BackendError as e:  # this batch's files fail (and a rerun retries them); the job goes on
                 errors[decoded] = str(e)
