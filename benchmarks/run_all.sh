@@ -17,3 +17,4 @@ bash benchmarks/baselines/install.sh --infinity && "$PY" benchmarks/serving_benc
 "$PY" benchmarks/bulk_bench.py
 "$PY" benchmarks/batches_priority.py
 "$PY" benchmarks/soak/rss_probe.py --model benchmarks/.cache/models/vit-tiny --passes 5 --out benchmarks/results/soak_rss
+"$PY" benchmarks/naflex_bench.py --out benchmarks/results/naflex
