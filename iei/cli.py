@@ -71,7 +71,7 @@ def export(args: argparse.Namespace) -> int:
         spec = load_spec(source.processor_source, source.revision)  # the pixel size the graph is traced at
         config = BackendConfig(model=args.model, revision=args.revision, load_format=source.load_format,
                                config_dir=source.config_dir, pooling=args.pooling, device="cpu",
-                               image_size=(spec.output_height, spec.output_width))
+                               image_size=(spec.output_height, spec.output_width), max_num_patches=spec.max_num_patches)
         precision = "int8" if args.quantize == "int8" else args.dtype
         manifest = export_model(config, ExportOptions(opset=args.opset, optimize=args.optimize, precision=precision), out)
     except ImportError as e:

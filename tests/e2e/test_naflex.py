@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from tests.e2e.reference import naflex_reference, text_reference
-from tests.server_process import running_server
+from iei.cli import main as cli_main
+from tests.server_process import loads_torch, running_server
 
 pytestmark = pytest.mark.slow
 
@@ -28,13 +29,21 @@ def _jpeg(width: int, height: int, seed: int) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture(scope="module", params=["torch", "onnx"])
+@pytest.fixture(scope="module", params=["torch", "onnx-export"])
 def served(request, tiny_model, server_logs, tmp_path_factory):
-    if request.param == "onnx":
+    """torch, and an `iei export` folder on ONNX Runtime (the position table travels in the folder, and the
+    model process serves it with no torch loaded)."""
+    model = tiny_model("siglip2")
+    if request.param == "onnx-export":
         pytest.importorskip("onnxruntime")
-    args = ["--model", str(tiny_model("siglip2")), "--backend", request.param, "--preprocess-workers", "2",
-            "--backend-threads", "1", "--max-batch-delay-ms", "20", "--onnx-cache-dir", str(tmp_path_factory.mktemp("onnx"))]
+        model = tmp_path_factory.mktemp("export") / "siglip2"
+        assert cli_main(["export", str(tiny_model("siglip2")), "--output", str(model)]) == 0
+        assert (model / "position_embedding.npy").is_file()
+    args = ["--model", str(model), "--backend", request.param.removesuffix("-export"), "--preprocess-workers", "2",
+            "--backend-threads", "1", "--max-batch-delay-ms", "20"]
     with running_server(*args, log_dir=server_logs, timeout_s=300) as server:
+        if request.param == "onnx-export":
+            assert not loads_torch(server.model_pids()[-1])
         yield server
 
 
@@ -60,3 +69,4 @@ def test_texts_are_get_text_features(served, tiny_model):
                           timeout=60)
     assert response.status_code == 200, response.text
     np.testing.assert_allclose(np.array(response.json()), text_reference(tiny_model("siglip2"), TEXTS), atol=1e-4)
+
