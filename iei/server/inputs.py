@@ -49,6 +49,14 @@ def decode_json(body: bytes, kind: type[T]) -> T:
         raise ValidationFailed(f"invalid JSON: {e}") from None
 
 
+async def read_json(request: Request, kind: type[T]) -> T:
+    """A JSON-only route's body as `kind`. Raises UnsupportedMediaType or ValidationFailed."""
+    media = media_type(request)
+    if not is_json(media):
+        raise UnsupportedMediaType(f"unsupported Content-Type {media!r}: send application/json")
+    return decode_json(await request.body(), kind)
+
+
 def as_list(inputs: str | list[str]) -> list[str]:
     return [inputs] if isinstance(inputs, str) else inputs
 
@@ -102,12 +110,12 @@ def _strings(inputs: str | list) -> list[str]:
 
 
 def _from_messages(req: OpenAIEmbeddingRequest) -> EmbedInputs:
+    """vLLM-style `messages`: one image or one text, named in errors by its place in the messages."""
     one = parse_messages(req.messages)  # type: ignore[arg-type]
     field, position = one.place
-    if one.image is None:
-        return EmbedInputs([], req.normalize, req.dimensions, req.encoding_format, texts=[one.text],  # type: ignore[list-item]
-                           field=field, positions=(position,))
-    return EmbedInputs([one.image], req.normalize, req.dimensions, req.encoding_format, field=field,
+    texts = None if one.text is None else [one.text]
+    images = [] if one.image is None else [one.image]
+    return EmbedInputs(images, req.normalize, req.dimensions, req.encoding_format, texts=texts, field=field,
                        positions=(position,))
 
 

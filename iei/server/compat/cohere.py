@@ -9,17 +9,18 @@ input); `input_type` (checked, no effect: CLIP and SigLIP have no query/document
 from __future__ import annotations
 
 import uuid
+from typing import NamedTuple
 
 import msgspec
 from litestar import Request, Response, post
 
 from iei.engine import EmbeddingEngine, EmbedResult, ImagePayload
-from iei.errors import UnsupportedMediaType, ValidationFailed
+from iei.errors import ValidationFailed
 from iei.server.compat.content import parse_parts
 from iei.server.compat.embedding_types import check_embedding_types, encode_embeddings
 from iei.server.compat.mixed import MixedInputs, embed_mixed
 from iei.server.errors import HTTPError
-from iei.server.inputs import decode_json, is_json, media_type
+from iei.server.inputs import read_json
 from iei.server.openapi import COHERE_RESPONSES, CohereOperation
 from iei.server.routes import AppState, serve_embedding
 from iei.server.schemas import CohereEmbedRequest, CohereEmbedResponse
@@ -27,7 +28,7 @@ from iei.server.schemas import CohereEmbedRequest, CohereEmbedResponse
 INPUT_TYPES = ("search_document", "search_query", "classification", "clustering", "image")
 
 
-class CohereInputs(msgspec.Struct, frozen=True):
+class CohereInputs(NamedTuple):
     """What the renderer needs beside the vectors."""
 
     mixed: MixedInputs
@@ -37,10 +38,7 @@ class CohereInputs(msgspec.Struct, frozen=True):
 
 async def read_cohere_inputs(request: Request) -> CohereInputs:
     """Parse and check a /v2/embed body (cheap checks only). Raises UnsupportedMediaType, ValidationFailed."""
-    media = media_type(request)
-    if not is_json(media):
-        raise UnsupportedMediaType(f"unsupported Content-Type {media!r}: send application/json")
-    req = decode_json(await request.body(), CohereEmbedRequest)
+    req = await read_json(request, CohereEmbedRequest)
     given = [name for name in ("texts", "images", "inputs") if getattr(req, name) is not None]
     if len(given) != 1:
         raise ValidationFailed("send exactly one of `texts`, `images` or `inputs`"
@@ -67,7 +65,8 @@ def _check_options(req: CohereEmbedRequest) -> None:
         raise ValidationFailed("`max_tokens` is not supported: texts are cut at the model's own limit "
                                "(`max_input_tokens` in /info)")
     if req.output_dimension is not None and req.output_dimension < 1:
-        raise ValidationFailed(f"`output_dimension` must be a positive number of dimensions, got {req.output_dimension}")
+        raise ValidationFailed(f"`output_dimension` must be a positive number of dimensions, "
+                               f"got {req.output_dimension}")
 
 
 def _from_inputs(req: CohereEmbedRequest) -> MixedInputs:
@@ -84,8 +83,8 @@ def _from_inputs(req: CohereEmbedRequest) -> MixedInputs:
             texts.append(one.text)
             text_at.append(i)
     row = {position: r for r, position in enumerate(text_at + image_at)}
-    return MixedInputs(texts, images, "inputs", "inputs", "inputs", tuple(text_at), tuple(image_at), req.output_dimension,
-                       order=tuple(row[i] for i in range(len(req.inputs))))
+    return MixedInputs(texts, images, "inputs", "inputs", "inputs", tuple(text_at), tuple(image_at),
+                       req.output_dimension, order=tuple(row[i] for i in range(len(req.inputs))))
 
 
 async def embed_cohere(engine: EmbeddingEngine, inputs: CohereInputs, field: str) -> EmbedResult:
@@ -110,7 +109,7 @@ def build_cohere_handlers(state: AppState) -> list:
                       "`output_dimension`. Vectors are unit length.",
           operation_class=CohereOperation, responses=COHERE_RESPONSES)
     async def cohere_embed(request: Request) -> Response:
-        return await serve_embedding(state, request, "/v2/embed", read_cohere_inputs, render_cohere, HTTPError.tei_body,
-                            embed=embed_cohere)
+        return await serve_embedding(state, request, "/v2/embed", read_cohere_inputs, render_cohere,
+                                     HTTPError.tei_body, embed=embed_cohere)
 
     return [cohere_embed]

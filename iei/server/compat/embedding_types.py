@@ -33,7 +33,8 @@ def check_embedding_types(types: list[str] | None) -> tuple[str, ...]:
         raise ValidationFailed("`embedding_types` cannot be empty; leave it out for float")
     for i, kind in enumerate(types):
         if kind not in EMBEDDING_TYPES:
-            raise ValidationFailed(f"embedding_types[{i}]: unknown type {kind!r}; choose from {', '.join(EMBEDDING_TYPES)}")
+            raise ValidationFailed(f"embedding_types[{i}]: unknown type {kind!r}; "
+                                   f"choose from {', '.join(EMBEDDING_TYPES)}")
     return tuple(dict.fromkeys(types))
 
 

@@ -16,20 +16,17 @@ from litestar import Request, Response, get, post
 
 from iei import __version__
 from iei.engine import EmbedResult, ImagePayload
-from iei.errors import Unhealthy, UnsupportedMediaType
+from iei.errors import Unhealthy
 from iei.server.compat.mixed import MixedInputs, embed_mixed
 from iei.server.errors import HTTPError
-from iei.server.inputs import decode_json, is_json, media_type
+from iei.server.inputs import read_json
 from iei.server.openapi import VECTORIZE_RESPONSES, UNHEALTHY_RESPONSES, VectorizeOperation
 from iei.server.routes import AppState, serve_embedding
 from iei.server.schemas import VectorizeRequest, VectorizeResponse, VectorizerMeta
 
 
 async def read_vectorize_inputs(request: Request) -> MixedInputs:
-    media = media_type(request)
-    if not is_json(media):
-        raise UnsupportedMediaType(f"unsupported Content-Type {media!r}: send application/json")
-    req = decode_json(await request.body(), VectorizeRequest)
+    req = await read_json(request, VectorizeRequest)
     images = [ImagePayload(image, "base64") for image in req.images or []]
     return MixedInputs(req.texts or [], images, "texts and images", "texts", "images", allow_empty=True)
 
@@ -46,8 +43,8 @@ def build_weaviate_handlers(state: AppState) -> list:
                       "[...]}`, unit vectors in input order (the inference API of Weaviate's multi2vec-clip module).",
           operation_class=VectorizeOperation, responses=VECTORIZE_RESPONSES)
     async def vectorize(request: Request) -> Response:
-        return await serve_embedding(state, request, "/vectorize", read_vectorize_inputs, render_vectorize, HTTPError.tei_body,
-                            embed=embed_mixed)
+        return await serve_embedding(state, request, "/vectorize", read_vectorize_inputs, render_vectorize,
+                                     HTTPError.tei_body, embed=embed_mixed)
 
     @get(["/.well-known/live"], status_code=204, summary="Weaviate module liveness: 204 while the server runs")
     async def live() -> None:
