@@ -62,6 +62,13 @@ def test_vllm_chat_embeddings_through_the_openai_client(server, seed_base64, exp
         chat_embeddings([{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}])
     assert "messages[0].content[0]: not a decodable image" in error.value.message
 
+    raw = chat_embeddings([{"type": "text", "text": "a leather bag"}], normalize=False)  # vLLM's extra parameter
+    assert np.linalg.norm(raw.data[0].embedding) != pytest.approx(1.0)
+    np.testing.assert_allclose(_renormalised(np.array(raw.data[0].embedding)), expected[1][0], atol=1e-5)
+    with pytest.raises(openai.UnprocessableEntityError) as error:
+        chat_embeddings("a leather bag", input="a leather bag")
+    assert "either `input` or `messages`" in error.value.message
+
     # The plain OpenAI call, base64-encoded by default, still works beside it.
     plain = client.embeddings.create(model=model, input=[seed_base64[2]])
     np.testing.assert_allclose(plain.data[0].embedding, expected[0][2], atol=1e-5)
