@@ -80,10 +80,7 @@ async def read_embed_inputs(request: Request) -> EmbedInputs:
 
 
 async def read_openai_inputs(request: Request) -> EmbedInputs:
-    media = media_type(request)
-    if not is_json(media):
-        raise UnsupportedMediaType(f"unsupported Content-Type {media!r}: send application/json")
-    req = decode_json(await request.body(), OpenAIEmbeddingRequest)
+    req = await read_json(request, OpenAIEmbeddingRequest)
     if req.messages is not None:
         if req.input is not None:
             raise ValidationFailed("send either `input` or `messages`, not both")
