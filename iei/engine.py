@@ -232,7 +232,7 @@ class EmbeddingEngine:
             if len(items) == 1:
                 results = [await embed_one(items[0], places[0], field, start)]
             else:
-                results = await _all_or_nothing([embed_one(item, place, field, start)
+                results = await all_or_nothing([embed_one(item, place, field, start)
                                                  for item, place in zip(items, places)])
         finally:
             self.inflight_images -= len(items)
@@ -323,7 +323,7 @@ def _no_slot(token_ids: np.ndarray) -> None:
     """Texts hold no slab slot: nothing to release."""
 
 
-async def _all_or_nothing(coroutines: list) -> list:
+async def all_or_nothing(coroutines: list) -> list:
     """Run all; on the first failure cancel the rest (their queued images are dropped) and raise it."""
     tasks = [asyncio.ensure_future(c) for c in coroutines]
     try:

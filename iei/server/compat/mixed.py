@@ -4,12 +4,11 @@ run at once, and one result whose rows are the texts, then the images."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import NamedTuple
 
 import numpy as np
 
-from iei.engine import EmbeddingEngine, EmbedResult, ImagePayload, Timings
+from iei.engine import EmbeddingEngine, EmbedResult, ImagePayload, Timings, all_or_nothing
 
 
 class MixedInputs(NamedTuple):
@@ -40,17 +39,8 @@ async def embed_mixed(engine: EmbeddingEngine, inputs: MixedInputs, field: str =
     if inputs.images:
         calls.append(engine.embed(inputs.images, dimensions=inputs.dimensions, field=inputs.image_field,
                                   positions=inputs.image_positions))
-    results = await _all_or_nothing(calls)
+    results = await all_or_nothing(calls)
     vectors = np.concatenate([r.vectors for r in results])
     timings = Timings(*(max(stage) for stage in zip(*(r.timings for r in results))))
     return EmbedResult(vectors, timings)
 
-
-async def _all_or_nothing(calls: list) -> list[EmbedResult]:
-    tasks = [asyncio.ensure_future(c) for c in calls]
-    try:
-        return await asyncio.gather(*tasks)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
