@@ -202,32 +202,38 @@ class EmbeddingEngine:
             raise ValidationFailed(f"`dimensions` must be between 1 and {dim}, got {dimensions}")
 
     async def embed(self, images: Sequence[ImagePayload], *, normalize: bool = True,
-                    dimensions: int | None = None, field: str = "inputs") -> EmbedResult:
-        """Embed images in input order. Raises the errors of `iei.errors`."""
+                    dimensions: int | None = None, field: str = "inputs",
+                    positions: Sequence[int] | None = None) -> EmbedResult:
+        """Embed images in input order. Raises the errors of `iei.errors`; an error about one image
+        names it `{field}[{positions[i]}]` (positions default to 0, 1, ...: a request that mixes
+        images and texts in one list passes where each image sits in it)."""
         return await self._embed_all(images, self._embed_one, normalize, dimensions, field,
-                                     self.metrics.images_embedded)
+                                     self.metrics.images_embedded, positions)
 
     async def embed_texts(self, texts: Sequence[str], *, normalize: bool = True,
-                          dimensions: int | None = None, field: str = "inputs") -> EmbedResult:
+                          dimensions: int | None = None, field: str = "inputs",
+                          positions: Sequence[int] | None = None) -> EmbedResult:
         """Embed texts in input order, into the image embeddings' space (CLIP, SigLIP). Raises
-        ValidationFailed for an image-only model, and the errors of `iei.errors`."""
+        ValidationFailed for an image-only model, and the errors of `iei.errors` (naming inputs as `embed` does)."""
         if self.text_batcher is None:
             raise ValidationFailed(
                 f"model {self.settings.model!r} embeds images only (pooling {self.model.info.pooling!r}): text needs a "
                 "CLIP or SigLIP model with its default pooling")
         return await self._embed_all(texts, self._embed_text, normalize, dimensions, field,
-                                     self.metrics.texts_embedded)
+                                     self.metrics.texts_embedded, positions)
 
     async def _embed_all(self, items: Sequence, embed_one, normalize: bool, dimensions: int | None,
-                         field: str, counter) -> EmbedResult:
+                         field: str, counter, positions: Sequence[int] | None) -> EmbedResult:
         self.check_request(len(items), dimensions, field)
         self._admit(len(items))
+        places = range(len(items)) if positions is None else positions
         try:
             start = time.perf_counter()
             if len(items) == 1:
-                results = [await embed_one(items[0], 0, field, start)]
+                results = [await embed_one(items[0], places[0], field, start)]
             else:
-                results = await _all_or_nothing([embed_one(item, i, field, start) for i, item in enumerate(items)])
+                results = await all_or_nothing([embed_one(item, place, field, start)
+                                                 for item, place in zip(items, places)])
         finally:
             self.inflight_images -= len(items)
             if self.inflight_images == 0:
@@ -317,7 +323,7 @@ def _no_slot(token_ids: np.ndarray) -> None:
     """Texts hold no slab slot: nothing to release."""
 
 
-async def _all_or_nothing(coroutines: list) -> list:
+async def all_or_nothing(coroutines: list) -> list:
     """Run all; on the first failure cancel the rest (their queued images are dropped) and raise it."""
     tasks = [asyncio.ensure_future(c) for c in coroutines]
     try:

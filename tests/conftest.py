@@ -51,3 +51,13 @@ def vit_server(tiny_model, server_logs) -> Iterator[ServerProcess]:
         log_dir=server_logs,
     ) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def clip_server(tiny_model, server_logs) -> Iterator[ServerProcess]:
+    """One tiny-CLIP server (images and texts) for the client-compatibility tests and the visual-search example."""
+    with running_server(
+        "--model", str(tiny_model("clip")), "--preprocess-workers", "1", "--max-batch-delay-ms", "5",
+        "--backend-threads", "1", log_dir=server_logs,
+    ) as server:
+        yield server

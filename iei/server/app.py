@@ -15,6 +15,7 @@ from iei import __version__
 from iei.config import Settings
 from iei.engine import EmbeddingEngine
 from iei.server.batches import BatchJobs, build_batch_handlers, running_batch_jobs
+from iei.server.compat.handlers import build_compat_handlers
 from iei.server.errors import ERROR_TYPE_BY_STATUS, HTTPError
 from iei.server.routes import AppState, build_route_handlers
 
@@ -43,7 +44,7 @@ def create_app(settings: Settings, engine: EmbeddingEngine | None = None) -> Lit
 
     batch_handlers = build_batch_handlers(state, jobs) if settings.batch_jobs else []
     return Litestar(
-        route_handlers=build_route_handlers(state) + batch_handlers,
+        route_handlers=build_route_handlers(state) + build_compat_handlers(state) + batch_handlers,
         lifespan=[lifespan],
         exception_handlers={HTTPException: _http_exception, Exception: _unexpected},
         request_max_body_size=settings.payload_limit,

@@ -11,6 +11,7 @@ from litestar.datastructures import UploadFile
 
 from iei.engine import ImagePayload
 from iei.errors import UnsupportedMediaType, ValidationFailed
+from iei.server.compat.content import parse_messages
 from iei.server.schemas import EmbedRequest, OpenAIEmbeddingRequest
 
 T = TypeVar("T")
@@ -27,6 +28,8 @@ class EmbedInputs(NamedTuple):
     dimensions: int | None
     encoding_format: str = "float"  # /v1/embeddings: "float" or "base64"
     texts: list[str] | None = None  # `"modality": "text"`: the texts (and no images)
+    field: str | None = None  # errors name input i `{field}[{positions[i]}]`; None: the route's field
+    positions: tuple[int, ...] | None = None  # None: 0, 1, ...
 
 
 def media_type(request: Request) -> str:
@@ -44,6 +47,14 @@ def decode_json(body: bytes, kind: type[T]) -> T:
         raise ValidationFailed(f"invalid request: {e}") from None
     except msgspec.DecodeError as e:
         raise ValidationFailed(f"invalid JSON: {e}") from None
+
+
+async def read_json(request: Request, kind: type[T]) -> T:
+    """A JSON-only route's body as `kind`. Raises UnsupportedMediaType or ValidationFailed."""
+    media = media_type(request)
+    if not is_json(media):
+        raise UnsupportedMediaType(f"unsupported Content-Type {media!r}: send application/json")
+    return decode_json(await request.body(), kind)
 
 
 def as_list(inputs: str | list[str]) -> list[str]:
@@ -69,14 +80,40 @@ async def read_embed_inputs(request: Request) -> EmbedInputs:
 
 
 async def read_openai_inputs(request: Request) -> EmbedInputs:
-    media = media_type(request)
-    if not is_json(media):
-        raise UnsupportedMediaType(f"unsupported Content-Type {media!r}: send application/json")
-    req = decode_json(await request.body(), OpenAIEmbeddingRequest)
+    req = await read_json(request, OpenAIEmbeddingRequest)
+    if req.messages is not None:
+        if req.input is not None:
+            raise ValidationFailed("send either `input` or `messages`, not both")
+        return _from_messages(req)
+    if req.input is None:
+        raise ValidationFailed("`input` is required (or vLLM-style `messages`)")
+    inputs = _strings(req.input)
     if req.modality == "text":
-        return EmbedInputs([], True, req.dimensions, req.encoding_format, texts=as_list(req.input))
-    images = [ImagePayload(s, "base64") for s in as_list(req.input)]
-    return EmbedInputs(images, True, req.dimensions, req.encoding_format)
+        return EmbedInputs([], req.normalize, req.dimensions, req.encoding_format, texts=inputs)
+    images = [ImagePayload(s, "base64") for s in inputs]
+    return EmbedInputs(images, req.normalize, req.dimensions, req.encoding_format)
+
+
+def _strings(inputs: str | list) -> list[str]:
+    """OpenAI's `input` as strings; token ids are refused: IEI tokenizes texts itself."""
+    if isinstance(inputs, str):
+        return [inputs]
+    for i, item in enumerate(inputs):
+        if not isinstance(item, str):
+            raise ValidationFailed(
+                f"input[{i}]: token ids are not accepted; send text strings with `\"modality\": \"text\"` "
+                "(LangChain's OpenAIEmbeddings sends token ids unless check_embedding_ctx_length=False)")
+    return inputs
+
+
+def _from_messages(req: OpenAIEmbeddingRequest) -> EmbedInputs:
+    """vLLM-style `messages`: one image or one text, named in errors by its place in the messages."""
+    one = parse_messages(req.messages)  # type: ignore[arg-type]
+    field, position = one.place
+    texts = None if one.text is None else [one.text]
+    images = [] if one.image is None else [one.image]
+    return EmbedInputs(images, req.normalize, req.dimensions, req.encoding_format, texts=texts, field=field,
+                       positions=(position,))
 
 
 async def _read_multipart(request: Request) -> EmbedInputs:

@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from functools import partial
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import msgspec
 from litestar import Request, Response, get, post
@@ -155,12 +155,17 @@ def _litestar_message(error: HTTPException, payload_limit: int) -> str:
     return str(error.detail)
 
 
-Reader = Callable[[Request], Awaitable[EmbedInputs]]
-Renderer = Callable[[EmbedResult, EmbedInputs], bytes]
+Reader = Callable[[Request], Awaitable[Any]]  # -> what the route's Embedder takes (EmbedInputs by default)
+Renderer = Callable[[EmbedResult, Any], bytes]
+Embedder = Callable[[EmbeddingEngine, Any, str], Awaitable[EmbedResult]]
 
 
 async def _serve(state: AppState, request: Request, route: str, read: Reader, render: Renderer,
-                 render_error: Callable[[HTTPError], bytes], field: str = "inputs") -> Response:
+                 render_error: Callable[[HTTPError], bytes], field: str = "inputs",
+                 embed: Embedder | None = None) -> Response:
+    """Serve one embedding request: `read` the body, `embed` it (default: EmbedInputs, images or texts),
+    `render` the result; every error becomes `render_error`'s body. Other route modules
+    (`iei.server.compat`) call this too, so every embedding route shares one path."""
     start = time.perf_counter()
     request_id = request.headers.get("x-request-id") or state.next_request_id()
     result = None
@@ -170,7 +175,7 @@ async def _serve(state: AppState, request: Request, route: str, read: Reader, re
         timeout_s = _deadline_s(request, state.settings.request_timeout_ms)
         deadline = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
         inputs = await read(request)
-        result = await _before(deadline, _unless_disconnected(request, _embed(engine, inputs, field)))
+        result = await _before(deadline, _unless_disconnected(request, (embed or _embed)(engine, inputs, field)))
         status, body, headers, outcome = 200, render(result, inputs), {}, "success"
     except ClientGone:
         status, body, headers, outcome = 499, b"", {}, "ClientGone"
@@ -184,11 +189,17 @@ async def _serve(state: AppState, request: Request, route: str, read: Reader, re
     return Response(content=body, status_code=status, media_type=JSON, headers=headers)
 
 
+serve_embedding = _serve  # the one embedding path, for the route modules beside this one (iei.server.compat)
+
+
 def _embed(engine: EmbeddingEngine, inputs: EmbedInputs, field: str) -> Awaitable[EmbedResult]:
     """A request holds images or texts, never both."""
+    field, positions = inputs.field or field, inputs.positions
     if inputs.texts is not None:
-        return engine.embed_texts(inputs.texts, normalize=inputs.normalize, dimensions=inputs.dimensions, field=field)
-    return engine.embed(inputs.images, normalize=inputs.normalize, dimensions=inputs.dimensions, field=field)
+        return engine.embed_texts(inputs.texts, normalize=inputs.normalize, dimensions=inputs.dimensions, field=field,
+                                  positions=positions)
+    return engine.embed(inputs.images, normalize=inputs.normalize, dimensions=inputs.dimensions, field=field,
+                        positions=positions)
 
 
 def _record(state: AppState, route: str, request_id: str, outcome: str, status: int, total_s: float,

@@ -19,13 +19,35 @@ class EmbedRequest(msgspec.Struct):
     modality: Modality = "image"  # "text": `inputs` are plain strings (CLIP, SigLIP)
 
 
-class OpenAIEmbeddingRequest(msgspec.Struct):
-    """POST /v1/embeddings."""
+class ImageUrl(msgspec.Struct):
+    url: str
+    detail: str | None = None  # OpenAI's field; no effect here
 
-    input: str | list[str]
+
+class ContentPart(msgspec.Struct):
+    """A chat content part: `{"type": "image_url", "image_url": {"url": ...}}` or `{"type": "text", "text": ...}`.
+    `type` is a plain string so an unknown type gets IEI's message (iei.server.compat.content), not msgspec's."""
+
+    type: str
+    text: str | None = None
+    image_url: ImageUrl | str | None = None  # OpenAI sends {"url": ...}; a bare string is accepted too
+
+
+class ChatMessage(msgspec.Struct):
+    role: str = "user"
+    content: str | list[ContentPart] = ""
+
+
+class OpenAIEmbeddingRequest(msgspec.Struct):
+    """POST /v1/embeddings: `input` (OpenAI), or `messages` (vLLM's chat-style multimodal embeddings: one vector
+    for all the messages). Token-id inputs (lists of ints) are decoded only to be refused with a clear message."""
+
+    input: str | list[str | int | list[int]] | None = None
+    messages: list[ChatMessage] | None = None
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
+    normalize: bool = True  # vLLM's extra parameter
     user: str | None = None
     modality: Modality = "image"
 
@@ -158,3 +180,90 @@ class BatchResultLine(msgspec.Struct, omit_defaults=True):
     index: int
     embedding: list[float] | None = None
     error: BatchResultError | None = None
+
+
+class ModelCard(msgspec.Struct):
+    """GET /v1/models: the one served model (the OpenAI client's `models.list()`, as vLLM's examples call it)."""
+
+    id: str
+    created: int  # Unix time the server started
+    object: str = "model"
+    owned_by: str = "iei"
+
+
+class ModelList(msgspec.Struct):
+    data: list[ModelCard]
+    object: str = "list"
+
+
+# -- Cohere's POST /v2/embed ---------------------------------------------------------------------
+
+class CohereEmbedInput(msgspec.Struct):
+    content: list[ContentPart]
+
+
+class CohereEmbedRequest(msgspec.Struct):
+    """Cohere's v2 embed request: one of `texts`, `images` (data URIs) or `inputs` (content parts)."""
+
+    model: str | None = None  # any name: the served model answers
+    input_type: str | None = None  # checked, but no effect on CLIP/SigLIP vectors
+    texts: list[str] | None = None
+    images: list[str] | None = None
+    inputs: list[CohereEmbedInput] | None = None
+    embedding_types: list[str] | None = None  # default ["float"]
+    output_dimension: int | None = None
+    max_tokens: int | None = None  # refused: texts are cut at the model's own limit
+    truncate: str | None = None  # "END" only (what the tokenizer does)
+    priority: int | None = None  # no effect
+
+
+class CohereEmbeddings(msgspec.Struct, omit_defaults=True):
+    """One list per requested type, each one entry per input in request order."""
+
+    float_: list[list[float]] | None = msgspec.field(default=None, name="float")
+    int8: list[list[int]] | None = None
+    uint8: list[list[int]] | None = None
+    binary: list[list[int]] | None = None
+    ubinary: list[list[int]] | None = None
+    base64: list[str] | None = None
+
+
+class CohereApiVersion(msgspec.Struct):
+    version: str = "2"
+
+
+class CohereMeta(msgspec.Struct):
+    api_version: CohereApiVersion = msgspec.field(default_factory=CohereApiVersion)
+
+
+class CohereEmbedResponse(msgspec.Struct):
+    id: str
+    embeddings: CohereEmbeddings
+    texts: list[str] | None  # the `texts` of a `texts` request, else null
+    meta: CohereMeta = msgspec.field(default_factory=CohereMeta)
+    response_type: str = "embeddings_by_type"
+
+
+# -- Weaviate's multi2vec-clip inference API (POST /vectorize) --------------------------------------
+
+class VectorizeRequest(msgspec.Struct):
+    """Weaviate's module sends `null` for a list it has nothing in (a nil Go slice)."""
+
+    texts: list[str] | None = None
+    images: list[str] | None = None  # base64, no data: prefix needed
+
+
+class VectorizeResponse(msgspec.Struct):
+    textVectors: list[list[float]]  # noqa: N815  (the module's field names)
+    imageVectors: list[list[float]]  # noqa: N815
+
+
+class VectorizerMeta(msgspec.Struct):
+    """GET /meta: what Weaviate shows as the module's model (the reference container shows the model's config)."""
+
+    model_id: str
+    served_model_name: str
+    embedding_dim: int
+    modalities: list[str]
+    pooling: str
+    version: str
