@@ -84,13 +84,7 @@ def prepare_pixels(data: bytes, spec: PreprocessSpec, out: np.ndarray | None = N
     (3, spec.output_height, spec.output_width), may be a view into shared memory); allocate it when
     None. Returns `out`. Raises InputError for empty, undecodable, truncated or oversized images;
     ValueError if `out` has the wrong shape or dtype."""
-    shape = (3, spec.output_height, spec.output_width)
-    if out is None:
-        out = np.empty(shape, dtype=np.uint8)
-    elif out.shape != shape or out.dtype != np.uint8:
-        raise ValueError(f"out must be uint8 {shape}, got {out.dtype} {out.shape}")
-    if not data:
-        raise InputError("empty image")
+    out = _output_buffer(out, spec, data)
     image, source_size = _decode(data, spec)
     out[...] = _resize_and_crop(image, source_size, spec).transpose(2, 0, 1)  # HWC -> CHW
     return out
@@ -103,13 +97,7 @@ def prepare_patches(data: bytes, spec: PreprocessSpec, out: np.ndarray | None = 
     Writes uint8 (max_num_patches, patch * patch * 3) into `out`, zeros past the image's patches, and returns
     the grid (rows, cols). Raises InputError as `prepare_pixels` does; ValueError for a wrong `out`."""
     patch = int(spec.patch_size)  # type: ignore[arg-type]
-    shape = spec.item_shape
-    if out is None:
-        out = np.empty(shape, dtype=np.uint8)
-    elif out.shape != shape or out.dtype != np.uint8:
-        raise ValueError(f"out must be uint8 {shape}, got {out.dtype} {out.shape}")
-    if not data:
-        raise InputError("empty image")
+    out = _output_buffer(out, spec, data)
     image, (src_w, src_h) = _decode(data, spec)
     height, width = max_patches_size(src_h, src_w, patch, int(spec.max_num_patches))  # type: ignore[arg-type]
     pixels = np.asarray(_resize(image, (width, height), spec.resample))  # (H, W, 3)
@@ -118,6 +106,18 @@ def prepare_patches(data: bytes, spec: PreprocessSpec, out: np.ndarray | None = 
     out[: rows * cols] = patches
     out[rows * cols:] = 0
     return rows, cols
+
+
+def _output_buffer(out: np.ndarray | None, spec: PreprocessSpec, data: bytes) -> np.ndarray:
+    """`out`, checked to be uint8 of `spec.item_shape` (allocated when None); InputError for empty `data`."""
+    shape = spec.item_shape
+    if out is None:
+        out = np.empty(shape, dtype=np.uint8)
+    elif out.shape != shape or out.dtype != np.uint8:
+        raise ValueError(f"out must be uint8 {shape}, got {out.dtype} {out.shape}")
+    if not data:
+        raise InputError("empty image")
+    return out
 
 
 @functools.lru_cache(maxsize=1024)
