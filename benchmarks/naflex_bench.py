@@ -117,7 +117,7 @@ def end_to_end(models: dict[str, Path], rounds: int, seconds: float, clients: in
     for _ in range(rounds):
         for name, folder in models.items():
             port = free_port()
-            server = Server(name, iei_command(folder, port, ["--max-batch-size", "8"]), {}, port, "/embed", b"", None)
+            server = Server(name, iei_command(folder, port, ["--max-batch-size", "8", "--load-format", "dummy"]), {}, port, "/embed", b"", None)
             try:
                 server.start(timeout_s=300)
                 run_level(server.url, payloads, concurrency=4, duration_s=min(3.0, seconds))  # warm
