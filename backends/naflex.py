@@ -3,8 +3,9 @@
 NaFlex resizes its learned (S, S, D) position-embedding table to each image's own patch grid with
 `torch.nn.functional.interpolate(mode="bilinear", align_corners=False, antialias=True)`, one image at a time.
 That loop over the batch, with sizes read from the data, is what a traced ONNX graph cannot hold (it would
-bake in the example's sizes). So the exported graph takes the resized embeddings as an input and the ONNX
-backend computes them here, without torch, once per grid (there are few distinct grids: they are cached).
+bake in the example's sizes). So the image graph (`backends.pooling.NaflexImageGraph`, run by torch and
+exported to ONNX alike) takes the resized embeddings as an input, and every backend computes them here,
+without torch, once per grid (there are few distinct grids: they are cached).
 
 The resize is separable: for each axis a (out, in) matrix of the antialiased triangle-filter weights that
 torch uses (its `_upsample_bilinear2d_aa`, derived from Pillow's resampling: the filter is stretched by the
@@ -36,6 +37,12 @@ def aa_bilinear_weights(in_size: int, out_size: int) -> np.ndarray:
         total = w.sum()
         weights[i, lo:hi] = w / total if total > 0 else w
     return weights
+
+
+def patch_mask(grids: np.ndarray, length: int) -> np.ndarray:
+    """bool (B, length): True for the patches of each image's own (rows, cols) grid, False for the padding."""
+    counts = grids[:, 0].astype(np.int64) * grids[:, 1]
+    return np.arange(length)[None, :] < counts[:, None]
 
 
 class PositionEmbeddings:

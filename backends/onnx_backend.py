@@ -21,7 +21,7 @@ import numpy as np
 from backends.base import (
     BackendConfig, BackendError, ModelInfo, blank_images, check_patches, check_pixels, check_tokens, warmup_batch_sizes,
 )
-from backends.naflex import PositionEmbeddings
+from backends.naflex import PositionEmbeddings, patch_mask
 from backends.onnx_export import cached_export
 from backends.onnx_manifest import (
     MODEL_FILE, POSITION_TABLE_FILE, TEXT_MODEL_FILE, ExportOptions, Manifest, is_export_folder, read_export,
@@ -74,7 +74,7 @@ class OnnxBackend:
         """NaFlex's graph inputs: normalised patches (channels last within a patch) with the padding zeroed, as
         the processor pads, its mask, and the position embeddings resized to each grid."""
         count = pixels.shape[1]
-        mask = np.arange(count)[None, :] < (grids[:, 0].astype(np.int64) * grids[:, 1])[:, None]
+        mask = patch_mask(grids, count)
         x = pixels.astype(np.float32).reshape(*pixels.shape[:2], -1, self._num_channels)
         if pixels.dtype == np.uint8:
             x *= self._scale.reshape(-1)

@@ -104,7 +104,7 @@ def _naflex_examples(model: Any, max_num_patches: int, patch_values: int) -> lis
     image of another grid, so that neither the batch, the grids nor the padding is baked into the trace."""
     import torch
 
-    from backends.naflex import PositionEmbeddings
+    from backends.naflex import PositionEmbeddings, patch_mask
     from backends.pooling import position_table
 
     table = PositionEmbeddings(position_table(model).float().numpy())
@@ -113,7 +113,7 @@ def _naflex_examples(model: Any, max_num_patches: int, patch_values: int) -> lis
     examples = []
     for grids in ([(1, 3)], [(side, max_num_patches // side), (3, 5)]):
         grid_array = np.array(grids, dtype=np.int64)
-        mask = np.arange(max_num_patches)[None, :] < (grid_array[:, 0] * grid_array[:, 1])[:, None]
+        mask = patch_mask(grid_array, max_num_patches)
         pixels = rng.standard_normal((len(grids), max_num_patches, patch_values), dtype=np.float32) * mask[..., None]
         examples.append({INPUT_NAME: torch.from_numpy(pixels.astype(np.float32)),
                          "pixel_attention_mask": torch.from_numpy(mask.astype(np.int64)),

@@ -67,16 +67,16 @@ FAMILIES: dict[str, FamilySpec] = {
                        text_pooling="projection"),
     "siglip": FamilySpec(default="pooler", allowed=("pooler", "mean"), takes_add_pooling_layer=False,
                          text_pooling="pooler", text_attention_mask=False, text_pad_to_max_length=True),
-    # SigLIP 2 NaFlex: variable patch grids (pixel_values are patches, with pixel_attention_mask and
-    # spatial_shapes); the embedding is SigLIP's, the attention-pooling head (`get_image_features`).
+    # SigLIP 2 NaFlex: variable patch grids (see NaflexImageGraph); the embedding is SigLIP's, the
+    # attention-pooling head (`get_image_features`).
     "siglip2": FamilySpec(default="pooler", allowed=("pooler",), takes_add_pooling_layer=False,
                           text_pooling="pooler", text_attention_mask=False, text_pad_to_max_length=True),
     "dinov2": FamilySpec(default="cls", allowed=("cls", "mean", "cls+mean"), takes_add_pooling_layer=False,
                          mean_skips_cls=True),
 }
 
-# Model types whose vision tower takes variable patch grids (pixel_values as patches, pixel_attention_mask,
-# spatial_shapes) instead of fixed-size images.
+# Model types whose vision tower takes variable patch grids (patches, their mask and per-grid position
+# embeddings: NaflexImageGraph) instead of fixed-size images.
 VARIABLE_GRID_TYPES = ("siglip2",)
 
 # Families not in the table: `mean` over tokens (3-D output) or space (4-D output); `pooler` where
@@ -186,7 +186,7 @@ class NaflexImageGraph(nn.Module):
     it outside the graph (`backends.naflex`, numpy); every other step is the vision tower's own modules, in its
     order. One definition for torch and ONNX, equal to `get_image_features` within 3e-6 for every grid but
     one-column ones, where torch's CPU kernel (antialiased bilinear to width 1, torch 2.13) repeats the first
-    row; there IEI gives the correct resize, as torch does in channels-last layout (docs/models.md).
+    row; there IEI gives the correct resize, as torch gives resizing one axis at a time (docs/architecture.md).
 
     forward: pixel_values float (B, N, patch * patch * 3) normalised patches, pixel_attention_mask int64
     (B, N), position_embeddings float (B, N, D) -> (B, D), not L2-normalised.

@@ -21,7 +21,7 @@ from backends.pooling import (
     VARIABLE_GRID_TYPES, EmbeddingModel, PoolingError, TextEmbeddingModel, family_spec, has_text, model_kwargs,
     position_table, resolve_pooling, vision_config,
 )
-from backends.naflex import PositionEmbeddings
+from backends.naflex import PositionEmbeddings, patch_mask
 
 logger = logging.getLogger("iei.backends")
 
@@ -121,8 +121,7 @@ class TorchBackend:
             with torch.inference_mode():
                 y = self._embedder(x.to(dtype=self._dtype))
             return y.to(device="cpu", dtype=torch.float32).numpy()
-        counts = torch.from_numpy(grids[:, 0].astype(np.int64) * grids[:, 1]).to(self._device)
-        mask = torch.arange(x.shape[1], device=self._device)[None, :] < counts[:, None]
+        mask = torch.from_numpy(patch_mask(grids, x.shape[1])).to(self._device)
         x = x * mask[..., None]  # padding patches are zeros after normalisation, as the processor pads them
         positions = torch.from_numpy(self._positions.batch(grids, x.shape[1])).to(self._device)  # type: ignore[union-attr]
         with torch.inference_mode():
