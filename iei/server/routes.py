@@ -285,6 +285,6 @@ def build_route_handlers(state: AppState) -> list[HTTPRouteHandler]:
     @get("/metrics", summary="Prometheus metrics", media_type="text/plain", responses=UNHEALTHY_RESPONSES)
     async def metrics() -> Response:
         engine = state.require_engine()
-        return Response(content=engine.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(content=await engine.render_metrics(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return [embed, openai_embeddings, health, info, metrics]
