@@ -94,10 +94,10 @@ class Rebalancer:
     end afresh. SO_REUSEPORT balances connections, not requests: with a few long-lived connections the
     front ends' shares of the requests stay as uneven as the first hashing left them (64 connections over
     2 front ends: a standard deviation of 4 around 32; over 3, one front end is often 25 % off its share).
-    Reconnecting every few hundred requests averages that out at the cost of one TCP handshake per
+    Reconnecting every 50 requests averages that out at the cost of one TCP handshake per
     `every` requests. Connections are told apart by the client's address and port (unique while open)."""
 
-    def __init__(self, app, every: int = 200) -> None:
+    def __init__(self, app, every: int = 50) -> None:
         self.app = app
         self._every = every
         self._served: dict = {}  # (client host, port) -> requests on that connection
