@@ -185,6 +185,7 @@ class FrontendSupervisor:
         self._count = settings.frontends
         self._processes: dict[int, multiprocessing.process.BaseProcess] = {}
         self._closing = False
+        self._replacing: set[asyncio.Task] = set()
 
     @property
     def pids(self) -> dict[int, int | None]:
@@ -220,15 +221,20 @@ class FrontendSupervisor:
         asyncio.get_running_loop().add_reader(process.sentinel, self._on_exit, index, process)
 
     def _on_exit(self, index: int, process: multiprocessing.process.BaseProcess) -> None:
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(process.sentinel)
-        process.join(1)  # it has exited (its sentinel closed); reap it for the exit code
+        asyncio.get_running_loop().remove_reader(process.sentinel)
         self._links.changed.set()
         if self._closing or self._processes.get(index) is not process:
             return
+        task = asyncio.get_running_loop().create_task(self._replace(index, process))
+        self._replacing.add(task)
+        task.add_done_callback(self._replacing.discard)
+
+    async def _replace(self, index: int, process: multiprocessing.process.BaseProcess) -> None:
+        await asyncio.to_thread(process.join, 5)  # reaped off the loop: the engine never waits on a front end
         log.error("HTTP front end %d (pid %s) exited (exit code %s); starting a new one", index, process.pid,
                   process.exitcode)
-        self._spawn(index)
+        if not self._closing:
+            self._spawn(index)
 
     async def close(self) -> None:
         """SIGTERM every front end (each stops accepting and drains its requests in flight, which the engine,

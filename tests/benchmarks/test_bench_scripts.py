@@ -117,3 +117,15 @@ def test_floor_bench_quick_sums_the_parts_into_a_ceiling(tmp_path):
     assert row["ceiling"] == pytest.approx(os.cpu_count() * 1000 / row["floor_cpu_ms"], rel=1e-3)
     assert {"uvicorn", "litestar"} <= set(row["http"]) and row["iei"]["rps"] > 0
     assert "ceiling: " in (tmp_path / "floor.md").read_text()
+
+
+@pytest.mark.slow
+@needs_wrk
+def test_frontends_bench_quick_compares_one_and_two_frontends(tmp_path):
+    run_script("frontends_bench.py", "--quick", "--out", str(tmp_path / "frontends"), timeout=400)
+    report = json.loads((tmp_path / "frontends.json").read_text())
+    assert report["roles"]["frontends-1"].get("frontends", 0) == 0 and report["roles"]["frontends-2"]["frontends"] == 2
+    one, two = report["median"]["1"]["cpu_ms_per_request"], report["median"]["2"]["cpu_ms_per_request"]
+    assert one["engine"] > 0 and two["frontends"] > 0 and two["engine"] > 0
+    assert [row["n"] for row in report["projection"]["scaled"]] == list(range(1, 9))
+    assert "| CPU-ms/request: frontend_tier |" in (tmp_path / "frontends.md").read_text()
