@@ -144,7 +144,15 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         lines.append(f"| CPU-ms/request: {role} | {med['1']['cpu_ms_per_request'][role]} | "
                      f"{med['2']['cpu_ms_per_request'][role]} |")
     others = [r["other_cores"] for runs in report["runs"].values() for r in runs]
+    one, two = med["1"]["cpu_ms_per_request"], med["2"]["cpu_ms_per_request"]
+    change = 100 * (two["frontend_tier"] / one["frontend_tier"] - 1) if one["frontend_tier"] else 0.0
     lines += ["", f"Other processes on the machine used up to {max(others):.2f} cores during the runs.", "",
+              f"The front-end tier costs {two['frontend_tier']} CPU-ms per request with N = 2 against "
+              f"{one['frontend_tier']} with N = 1 ({change:+.0f} %): the engine link's price (each request crosses "
+              "one more process boundary: an `EmbedCall` and an `EmbedDone` frame, a report for /metrics, and one "
+              "more copy of the payload). Of it, the one engine loop keeps "
+              f"{two['engine']} CPU-ms per request, the part that does not spread over front ends: with N > 1 "
+              "it is the next wall (the projection below).", "",
               "## Projection: 16-core host with a GPU model", "",
               report["projection_note"], "",
               "| N | req/s (costs as measured here) | limited by | req/s (scaled to the H100 host) | limited by |",
