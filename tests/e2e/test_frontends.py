@@ -246,3 +246,27 @@ async def test_load_spreads_evenly_over_frontends(tiny_model, server_logs):
         assert sum(counts.values()) >= CLIENTS * per_client and len(counts) == workers, counts
         mean = sum(counts.values()) / workers
         assert all(abs(count - mean) <= 0.25 * mean for count in counts.values()), counts
+
+
+def test_texts_images_and_errors_cross_the_link(tiny_model, server_logs, seed_images):
+    """A dual encoder behind 2 front ends: texts and images embed as in one process, errors keep their status."""
+    from tests.e2e.reference import cosine, retrieval_reference, text_reference
+
+    model = tiny_model("clip")
+    texts = ["a photo of a cat", "a leather bag"]
+    with running_server("--model", str(model), "--http-workers", "2", "--preprocess-workers", "1",
+                        "--backend-threads", "1", log_dir=server_logs) as server:
+        response = httpx.post(server.url + "/embed", json={"inputs": texts, "modality": "text", "normalize": False})
+        assert response.status_code == 200, response.text
+        assert cosine(np.array(response.json()), text_reference(model, texts)).min() > 0.9999
+        images = [base64.b64encode(b).decode() for b in seed_images[:2]]
+        response = httpx.post(server.url + "/v1/embeddings", json={"input": images, "model": "x"})
+        assert response.status_code == 200, response.text
+        vectors = np.array([row["embedding"] for row in response.json()["data"]])
+        assert cosine(vectors, retrieval_reference(model, seed_images[:2])).min() > 0.9999
+        bad = httpx.post(server.url + "/embed", json={"inputs": [images[0], "bm90IGFuIGltYWdl"]})
+        assert bad.status_code == 422 and bad.json()["error"].startswith("inputs[1]:"), bad.text
+        too_wide = httpx.post(server.url + "/embed", json={"inputs": images[:1], "dimensions": 100000})
+        assert too_wide.status_code == 422 and "dimensions" in too_wide.json()["error"]
+        info = httpx.get(server.url + "/info").json()
+        assert info["modalities"] == ["image", "text"]
