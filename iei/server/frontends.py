@@ -39,7 +39,7 @@ import socket
 import tempfile
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import msgspec
 
@@ -178,7 +178,11 @@ class LinkServer:
 class FrontendSupervisor:
     """Starts `count` front-end processes and keeps them running. Owner: the engine process's event loop."""
 
-    def __init__(self, settings: Settings, links: LinkServer, engine_http: str) -> None:
+    def __init__(self, settings: Settings, links: LinkServer, engine_http: str,
+                 stopping: Callable[[], bool] = lambda: False) -> None:
+        """`stopping()`: the server is shutting down (a signal to the whole process group reaches the front
+        ends too, and they exit on their own before `close`): a front end that exits then is not replaced."""
+        self._stopping = stopping
         self._settings = settings
         self._links = links
         self._engine_http = engine_http
@@ -223,7 +227,7 @@ class FrontendSupervisor:
     def _on_exit(self, index: int, process: multiprocessing.process.BaseProcess) -> None:
         asyncio.get_running_loop().remove_reader(process.sentinel)
         self._links.changed.set()
-        if self._closing or self._processes.get(index) is not process:
+        if self._closing or self._stopping() or self._processes.get(index) is not process:
             return
         task = asyncio.get_running_loop().create_task(self._replace(index, process))
         self._replacing.add(task)
@@ -231,10 +235,11 @@ class FrontendSupervisor:
 
     async def _replace(self, index: int, process: multiprocessing.process.BaseProcess) -> None:
         await asyncio.to_thread(process.join, 5)  # reaped off the loop: the engine never waits on a front end
+        if self._closing or self._stopping():
+            return
         log.error("HTTP front end %d (pid %s) exited (exit code %s); starting a new one", index, process.pid,
                   process.exitcode)
-        if not self._closing:
-            self._spawn(index)
+        self._spawn(index)
 
     async def close(self) -> None:
         """SIGTERM every front end (each stops accepting and drains its requests in flight, which the engine,
@@ -258,7 +263,7 @@ async def serving_frontends(settings: Settings, engine: EmbeddingEngine, engine_
     """The engine process's part: the link server and the front ends, for the app's lifespan."""
     links = LinkServer(engine, str(Path(engine_http).with_name("engine-link.sock")))
     await links.start()
-    supervisor = FrontendSupervisor(settings, links, engine_http)
+    supervisor = FrontendSupervisor(settings, links, engine_http, stopping=lambda: engine.draining)
     engine.health.add_check(supervisor.health_problem)
     try:
         await supervisor.start()
