@@ -92,8 +92,8 @@ class Rebalancer:
     """ASGI wrapper of a front end's app: after `every` requests on one keep-alive connection, the response
     says `connection: close`, so the client reconnects and the kernel hashes the new connection to a front
     end afresh. SO_REUSEPORT balances connections, not requests: with a few long-lived connections the
-    front ends' shares of the requests stay as uneven as the first hashing left them (64 connections over
-    2 front ends: a standard deviation of 4 around 32; over 3, one front end is often 25 % off its share).
+    front ends' shares of the requests stay as uneven as the first hashing left them (64 connections hashed
+    at random leave some front end over 25 % off its share 3 % of the time over 2 front ends, 32 % over 3).
     Reconnecting every 50 requests averages that out at the cost of one TCP handshake per
     `every` requests. Connections are told apart by the client's address and port (unique while open)."""
 
