@@ -76,7 +76,8 @@ def test_serving_bench_quick(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", ["preprocess_bench.py", "backend_bench.py", "compute_efficiency.py", "gpu_check.py",
+@pytest.mark.parametrize("script", ["preprocess_bench.py", "backend_bench.py",
+                                    pytest.param("compute_efficiency.py", marks=needs_wrk), "gpu_check.py",
                                     "naflex_bench.py"])
 def test_other_benchmarks_quick(tmp_path, script):
     run_script(script, "--quick", "--out", str(tmp_path / "result"))
