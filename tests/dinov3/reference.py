@@ -46,12 +46,16 @@ def resized_levels(config: dict, data: bytes) -> np.ndarray:
     return (x[0] / config["rescale_factor"]).numpy()
 
 
+def normalised(config: dict, levels: np.ndarray) -> torch.Tensor:
+    """Resized images in 8-bit levels (B, 3, H, W) -> the model's input: x * rescale_factor, then (x - mean) / std."""
+    mean = torch.tensor(config["image_mean"], dtype=torch.float32).reshape(1, 3, 1, 1)
+    std = torch.tensor(config["image_std"], dtype=torch.float32).reshape(1, 3, 1, 1)
+    return (torch.from_numpy(np.asarray(levels, dtype=np.float32)) * config["rescale_factor"] - mean) / std
+
+
 def pixel_values(config: dict, images: list[bytes]) -> torch.Tensor:
     """What `DINOv3ViTImageProcessorFast(images, return_tensors="pt")["pixel_values"]` gives: float32 (B, 3, H, W)."""
-    mean = torch.tensor(config["image_mean"]).reshape(3, 1, 1)
-    std = torch.tensor(config["image_std"]).reshape(3, 1, 1)
-    rows = [(torch.from_numpy(resized_levels(config, data)) * config["rescale_factor"] - mean) / std for data in images]
-    return torch.stack(rows)
+    return normalised(config, np.stack([resized_levels(config, data) for data in images]))
 
 
 def dinov3_reference(model_dir: Path, images: list[bytes]) -> np.ndarray:
