@@ -15,7 +15,7 @@ rounded once into the uint8 slab (at most 0.5 level) and rescaled/normalised by 
 linear, so rescaling before or after it is the same up to float rounding. Measured bound and the vector
 effect: docs/models-dinov3.md.
 
-This module imports transformers only inside `read_processor_config` (workers import the package too).
+This module imports transformers only inside its functions (workers import the package too).
 """
 
 from __future__ import annotations
@@ -52,8 +52,12 @@ def read_processor_config(model: str, revision: str | None = None) -> dict[str, 
 
 
 def is_fast_only(config: dict[str, Any]) -> bool:
-    """True when the processor config names a class reproduced here (no slow class exists for it)."""
-    return config.get("image_processor_type") in FAST_ONLY_DEFAULTS
+    """True when the processor config names a class transformers ships only as a "Fast" one (no class of the
+    name without "Fast"): reproduced here, or refused by `spec_from_fast_config` with a message that says so."""
+    import transformers
+
+    name = str(config.get("image_processor_type") or "")
+    return name in FAST_ONLY_DEFAULTS or (name.endswith("Fast") and not hasattr(transformers, name.removesuffix("Fast")))
 
 
 def spec_from_fast_config(config: dict[str, Any], *, draft: bool = True,
@@ -64,8 +68,8 @@ def spec_from_fast_config(config: dict[str, Any], *, draft: bool = True,
     resize, or a crop larger than the resized image (torchvision pads it differently from Pillow)."""
     name = str(config.get("image_processor_type"))
     if name not in FAST_ONLY_DEFAULTS:
-        raise ValueError(f"unsupported image processor {name}; fast-only processors IEI reproduces: "
-                         f"{', '.join(FAST_ONLY_DEFAULTS)}")
+        raise ValueError(f"unsupported image processor {name} (transformers has it only as a torchvision-based "
+                         f"fast class); fast-only processors IEI reproduces: {', '.join(FAST_ONLY_DEFAULTS)}")
     merged = {**FAST_ONLY_DEFAULTS[name], **{k: v for k, v in config.items() if v is not None}}
     for flag in _UNSUPPORTED_FLAGS:
         if merged.get(flag):

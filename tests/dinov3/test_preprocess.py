@@ -130,3 +130,9 @@ def test_defaults_are_the_classes(tmp_path):
     spec = load_spec(str(tmp_path))
     defaults = FAST_ONLY_DEFAULTS["DINOv3ViTImageProcessorFast"]
     assert (spec.resize_height, spec.resize_width) == (224, 224) and spec.image_mean == defaults["image_mean"]
+
+
+def test_another_fast_only_processor_is_refused_by_name(tmp_path):
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"image_processor_type": "Sam2ImageProcessorFast"}))
+    with pytest.raises(ValueError, match="unsupported image processor Sam2ImageProcessorFast .*only as a torchvision"):
+        load_spec(str(tmp_path))
