@@ -11,6 +11,7 @@ each channel in Pillow's 32-bit float mode and rounds once into the uint8 slab (
   images: max |difference|, max |difference| / max |value|, min cosine; tiny models and the bundled full-size
   ids with random weights (real weights are not reachable here);
 - preprocessing: ms per image (decode + resize, one core), float resize against the 8-bit one;
+- the torch reference is the tests' own (`tests/dinov3/reference.py`), so both hold IEI to the same thing;
 - start (--serve): `iei serve --load-format dummy` of each bundled id, offline: seconds to /health 200 and the
   model process's peak RSS.
 
@@ -73,7 +74,7 @@ def pixel_parity(images: dict[str, bytes]) -> list[dict[str, Any]]:
     rows = []
     for name, data in images.items():
         want = resized_levels(config, data)
-        image, source_size = image_module._decode(data, spec)
+        image, _ = image_module._decode(data, spec)
         unrounded = np.stack([np.asarray(band.convert("F").resize((224, 224), 2)) for band in image.split()])
         diffs = {"float (IEI)": prepare_pixels(data, spec), "8-bit Pillow": prepare_pixels(data, eight_bit),
                  "float, unrounded": unrounded}
@@ -91,7 +92,6 @@ def _tiny(family: str, root: Path) -> str:
 
 def vector_parity(seeds: list[bytes], quick: bool, root: Path) -> list[dict[str, Any]]:
     import torch
-    from transformers import AutoConfig, AutoModel
 
     from backends import BackendConfig, load_backend
     from iei.models import resolve_model
