@@ -23,6 +23,7 @@ Runs on the model process's main thread (or the `iei export` command); blocking,
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -53,7 +54,8 @@ _ORT_MODEL_TYPE = {"swin": "swin", "swinv2": "swin"}
 # Model types Optimum's exporter has no ONNX config for, exported with torch.onnx.export directly (the same
 # wrapper modules, our own input names and dynamic axes). SigLIP 2: its NaFlex image graph takes position
 # embeddings as an input (`backends.pooling.NaflexImageGraph`), which no Optimum config describes anyway.
-_DIRECT_EXPORT_TYPES = ("siglip2",)
+# DINOv3 (ViT and ConvNeXt): Optimum has no config for either; their image graph is a plain (B, 3, H, W) input.
+_DIRECT_EXPORT_TYPES = ("siglip2", "dinov3_vit", "dinov3_convnext")
 _DIRECT_EXPORT_OPSET = 17  # LayerNormalization as one op
 
 
@@ -195,7 +197,13 @@ def _save_processor(config: BackendConfig, out: Path, text: bool) -> None:
         return
     from transformers import AutoImageProcessor, AutoTokenizer
 
-    AutoImageProcessor.from_pretrained(config.model, revision=config.revision, use_fast=False).save_pretrained(out)
+    from backends.torch_backend import fast_only_processor_config
+
+    fast_only = fast_only_processor_config(config.model, config.revision)
+    if fast_only is not None:  # no class to save it with (torchvision): the config as published
+        (out / "preprocessor_config.json").write_text(json.dumps(fast_only, indent=2, sort_keys=True) + "\n")
+    else:
+        AutoImageProcessor.from_pretrained(config.model, revision=config.revision, use_fast=False).save_pretrained(out)
     if text:
         AutoTokenizer.from_pretrained(config.model, revision=config.revision).save_pretrained(out)
 

@@ -21,6 +21,11 @@ Poolings:
 - DINOv2 (default `cls`: token 0 after the final layernorm, the authors' image embedding): `mean` is
   the mean of the patch tokens (CLS excluded) and `cls+mean` their concatenation (2 x hidden), as in
   the DINOv2 paper's linear probe and transformers' `Dinov2ForImageClassification`.
+- DINOv3 ViT (default `pooler`: `pooler_output`, the CLS token after the final norm, as the model card
+  embeds an image; `cls` is the same vector): `mean` averages the patch tokens only, skipping the CLS and the
+  `num_register_tokens` register tokens that follow it (registers are not image patches); `cls+mean` as DINOv2.
+- DINOv3 ConvNeXt (default `pooler`: `pooler_output`, the final norm of the spatially pooled feature map, the
+  model's "CLS token"): `mean` averages its normed patch tokens (the rest of `last_hidden_state`).
 
 Text embeddings exist only where the image embedding lives in the text's space: CLIP with
 `projection`, SigLIP with `pooler` (`text_pooling` in the table).
@@ -46,7 +51,9 @@ class FamilySpec(msgspec.Struct, frozen=True, kw_only=True):
     takes_add_pooling_layer: bool
     # Where `mean` reads from: "tokens" (mean of last_hidden_state) or "pooler" (pooler_output).
     mean_source: str = "tokens"
-    mean_skips_cls: bool = False  # DINOv2: `mean` averages the patch tokens only
+    # DINOv2/DINOv3: `mean` averages the patch tokens only (skipping the CLS token, and the register tokens
+    # after it where the config has `num_register_tokens`)
+    mean_skips_cls: bool = False
     # Dual encoders: the image pooling whose vectors share the text tower's space (None: image-only).
     text_pooling: str | None = None
     # SigLIP was trained on texts padded to max_length with no attention mask; CLIP masks its padding.
@@ -73,6 +80,10 @@ FAMILIES: dict[str, FamilySpec] = {
                           text_pooling="pooler", text_attention_mask=False, text_pad_to_max_length=True),
     "dinov2": FamilySpec(default="cls", allowed=("cls", "mean", "cls+mean"), takes_add_pooling_layer=False,
                          mean_skips_cls=True),
+    "dinov3_vit": FamilySpec(default="pooler", allowed=("pooler", "cls", "mean", "cls+mean"),
+                             takes_add_pooling_layer=False, mean_skips_cls=True),
+    "dinov3_convnext": FamilySpec(default="pooler", allowed=("pooler", "mean"), takes_add_pooling_layer=False,
+                                  mean_skips_cls=True),
 }
 
 # Model types whose vision tower takes variable patch grids (patches, their mask and per-grid position
@@ -146,7 +157,10 @@ class EmbeddingModel(nn.Module):
         self.pooling = pooling
         spec = family_spec(model_type, type(model))
         self.mean_source = spec.mean_source
-        self.mean_skips_cls = spec.mean_skips_cls
+        # tokens before the first patch token that `mean` leaves out: CLS, then any register tokens
+        registers = int(getattr(vision_config(model.config), "num_register_tokens", 0) or 0) \
+            if hasattr(model, "config") else 0
+        self.mean_skip = 1 + registers if spec.mean_skips_cls else 0
         # A dual encoder (CLIP, SigLIP) runs its vision tower only; `projection` needs the whole model.
         self.vision = getattr(model, "vision_model", model)
         self.naflex = NaflexImageGraph(model) if model_type in VARIABLE_GRID_TYPES else None
@@ -171,9 +185,9 @@ class EmbeddingModel(nn.Module):
         if self.pooling == "cls":
             return hidden[:, 0]
         if self.pooling == "cls+mean":
-            return torch.cat([hidden[:, 0], hidden[:, 1:].mean(dim=1)], dim=-1)
+            return torch.cat([hidden[:, 0], hidden[:, self.mean_skip:].mean(dim=1)], dim=-1)
         if hidden.dim() == 3:  # (B, tokens, D)
-            return hidden[:, 1:].mean(dim=1) if self.mean_skips_cls else hidden.mean(dim=1)
+            return hidden[:, self.mean_skip:].mean(dim=1)
         if hidden.dim() == 4:  # (B, C, H, W) feature map
             return hidden.mean(dim=(2, 3))
         raise PoolingError(f"cannot mean-pool a last_hidden_state of shape {tuple(hidden.shape)}")

@@ -1,5 +1,5 @@
 """Tiny random-weight models of each family the original server listed, and of the retrieval families
-(CLIP, SigLIP, DINOv2), saved as a real `from_pretrained` folder (config.json, model.safetensors,
+(CLIP, SigLIP, DINOv2; SigLIP 2 NaFlex and DINOv3 apart), saved as a real `from_pretrained` folder (config.json, model.safetensors,
 preprocessor_config.json; CLIP and SigLIP also a tokenizer, built offline).
 
 The preprocessing settings are copied from the bundled catalog entry of the family's reference
@@ -17,6 +17,7 @@ from transformers import (
     BeitConfig, BeitModel, CLIPConfig, CLIPModel, ConvNextConfig, ConvNextModel, Dinov2Config, Dinov2Model, SiglipConfig,
     Siglip2Config, Siglip2Model, SiglipModel, SwinConfig, SwinModel, ViTConfig, ViTModel,
 )
+from transformers import DINOv3ConvNextConfig, DINOv3ConvNextModel, DINOv3ViTConfig, DINOv3ViTModel
 
 from iei.models import catalog_dir
 from iei.preprocess.random_tokenizer import save_random_tokenizer
@@ -39,6 +40,10 @@ RETRIEVAL_FAMILIES = tuple(RETRIEVAL_REFERENCE_MODEL)
 # Variable-resolution families (patch grids), built like the others but not part of RETRIEVAL_FAMILIES: their
 # pixels are patches, so the fixed-size tests do not apply.
 NAFLEX_REFERENCE_MODEL = {"siglip2": "google/siglip2-base-patch16-naflex"}
+# DINOv3: processors that exist only as torchvision-based "Fast" classes (iei.preprocess.fast_processors)
+DINOV3_REFERENCE_MODEL = {"dinov3_vit": "facebook/dinov3-vits16-pretrain-lvd1689m",
+                          "dinov3_convnext": "facebook/dinov3-convnext-tiny-pretrain-lvd1689m"}
+DINOV3_FAMILIES = tuple(DINOV3_REFERENCE_MODEL)
 TEXT_FAMILIES = ("clip", "siglip", "siglip2")
 TEXT_MAX_LENGTH = {"clip": 77, "siglip": 64, "siglip2": 64}
 
@@ -76,7 +81,12 @@ def _build(family: str) -> torch.nn.Module:
     if family == "dinov2":  # the pretraining size, 518, as on the hub; the processor crops 224
         return Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
                                         image_size=518, patch_size=14, layerscale_value=0.5))
-    raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES + RETRIEVAL_FAMILIES}")
+    if family == "dinov3_vit":  # the published patch size and 4 register tokens, a tiny width
+        return DINOv3ViTModel(DINOv3ViTConfig(**{**_TEXT, "patch_size": 16, "image_size": 224},
+                                              num_register_tokens=4, layerscale_value=0.5))
+    if family == "dinov3_convnext":
+        return DINOv3ConvNextModel(DINOv3ConvNextConfig(hidden_sizes=[16, 32], depths=[1, 1], image_size=224))
+    raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES + RETRIEVAL_FAMILIES + DINOV3_FAMILIES}")
 
 
 def make_tiny_model(family: str, root: Path) -> Path:
@@ -87,7 +97,7 @@ def make_tiny_model(family: str, root: Path) -> Path:
         model = _build(family).eval()
     folder = Path(root) / family
     model.save_pretrained(folder)
-    reference = {**REFERENCE_MODEL, **RETRIEVAL_REFERENCE_MODEL, **NAFLEX_REFERENCE_MODEL}[family]
+    reference = {**REFERENCE_MODEL, **RETRIEVAL_REFERENCE_MODEL, **NAFLEX_REFERENCE_MODEL, **DINOV3_REFERENCE_MODEL}[family]
     shutil.copyfile(catalog_dir(reference) / "preprocessor_config.json", folder / "preprocessor_config.json")
     if family in TEXT_FAMILIES:
         save_random_tokenizer(family, TEXT_MAX_LENGTH[family], folder)

@@ -31,6 +31,9 @@ RETRIEVAL_MODELS = [
     "facebook/dinov2-small",
     "facebook/dinov2-base",
     "google/siglip2-base-patch16-naflex",  # hub facts checked in tests/naflex/test_catalog.py
+    "facebook/dinov3-vits16-pretrain-lvd1689m",  # hub facts checked in tests/dinov3/test_catalog.py
+    "facebook/dinov3-vitb16-pretrain-lvd1689m",
+    "facebook/dinov3-convnext-tiny-pretrain-lvd1689m",
 ]
 
 

@@ -118,3 +118,9 @@ def test_floor_bench_quick_sums_the_parts_into_a_ceiling(tmp_path):
     assert row["ceiling"] == pytest.approx(os.cpu_count() * 1000 / row["floor_cpu_ms"], rel=1e-3)
     assert {"uvicorn", "litestar"} <= set(row["http"]) and row["iei"]["rps"] > 0
     assert "ceiling: " in (tmp_path / "floor.md").read_text()
+
+
+@pytest.mark.slow
+def test_dinov3_parity_quick():
+    proc = run_script("dinov3_parity.py", "--quick")
+    assert "max |IEI - torch|" in proc.stdout
