@@ -53,7 +53,10 @@ _ORT_MODEL_TYPE = {"swin": "swin", "swinv2": "swin"}
 # Model types Optimum's exporter has no ONNX config for, exported with torch.onnx.export directly (the same
 # wrapper modules, our own input names and dynamic axes). SigLIP 2: its NaFlex image graph takes position
 # embeddings as an input (`backends.pooling.NaflexImageGraph`), which no Optimum config describes anyway.
-_DIRECT_EXPORT_TYPES = ("siglip2",)
+# AIMv2: optimum-onnx 0.1.0 has no config for either type. MetaCLIP 2: its config's model patcher calls the
+# traced module with the whole dual encoder's inputs (input_ids and pixel_values), which our one-tower wrappers
+# do not take.
+_DIRECT_EXPORT_TYPES = ("siglip2", "metaclip_2", "aimv2", "aimv2_vision_model")
 _DIRECT_EXPORT_OPSET = 17  # LayerNormalization as one op
 
 
