@@ -164,3 +164,17 @@ def test_catalog_builds_the_right_architecture(model_id):
     assert tuple(image.shape) == tuple(text.shape) == (2, dim)
     assert config.text_config.max_position_embeddings == text_length
     assert random_tokenizer_kind(config.model_type, source.config_dir) == kind
+
+
+def test_a_direct_export_past_two_gigabytes_is_refused_clearly(tiny_dir, tmp_path, monkeypatch):
+    """MetaCLIP 2's text tower (a 901,629-token vocabulary: 2.8 GB of float32) is past protobuf's 2 GB limit for
+    one ONNX file; the exporter refuses before tracing, naming the graph and the way out. Simulated here with a
+    lower limit: the tiny text graph is above 100 KB, its image graph too."""
+    from backends import onnx_export
+    from backends.onnx_manifest import ExportOptions
+
+    monkeypatch.setattr(onnx_export, "_DIRECT_EXPORT_MAX_BYTES", 100_000)
+    config = BackendConfig(model=str(tiny_dir["metaclip_2"]), device="cpu", image_size=(224, 224), max_batch_size=1)
+    with pytest.raises(onnx_export.ExportError, match=r"model\.onnx holds 0\.\d GB .* past ONNX's 2 GB limit.*--backend torch"):
+        onnx_export.export_model(config, ExportOptions(), tmp_path / "out")
+    assert not any((tmp_path / "out").glob("*.onnx"))
