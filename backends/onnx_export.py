@@ -246,7 +246,8 @@ def _tower_weight_bytes(module: Any, file_name: str) -> int:
     keeps only the tower (and its projection) that the graph runs."""
     model = module.model
     tower = "text" if file_name == TEXT_MODEL_FILE else "vision"
-    parts = [getattr(model, f"{tower}_model", None), getattr(model, "text_projection" if tower == "text" else "visual_projection", None)]
+    projection = "text_projection" if tower == "text" else "visual_projection"
+    parts = [getattr(model, f"{tower}_model", None), getattr(model, projection, None)]
     parts = [part for part in parts if part is not None] or [model]
     return sum(t.numel() * 4 for part in parts for t in (*part.parameters(), *part.buffers()))
 

@@ -241,8 +241,8 @@ def position_table(model: nn.Module) -> torch.Tensor:
 
 
 class TextEmbeddingModel(nn.Module):
-    """The text tower of a dual encoder (CLIP, SigLIP, MetaCLIP 2, AIMv2 LiT): `get_text_features`, the vector in the space of
-    the family's `text_pooling` image embedding.
+    """The text tower of a dual encoder (CLIP, SigLIP, MetaCLIP 2, AIMv2 LiT): `get_text_features`, the vector
+    in the space of the family's `text_pooling` image embedding.
 
     forward: input_ids int64 (B, L), attention_mask int64 (B, L) (1 = token, 0 = padding) -> (B, D) in
     the model's dtype, not L2-normalised. The mask is ignored where the family was trained without one

@@ -1,6 +1,6 @@
-"""CLIP, SigLIP, DINOv2, SigLIP 2 FixRes, MetaCLIP 2 and AIMv2 through a real server, on the torch and ONNX backends: image vectors are the authors'
-embedding, text vectors are `get_text_features` (same space), an image-only model refuses text with a 422, and
-a retrieval sanity check on the six seed images."""
+"""CLIP, SigLIP, DINOv2, SigLIP 2 FixRes, MetaCLIP 2 and AIMv2 through a real server, on the torch and ONNX
+backends: image vectors are the authors' embedding, text vectors are `get_text_features` (same space), an
+image-only model refuses text with a 422, and a retrieval sanity check on the six seed images."""
 
 from __future__ import annotations
 
