@@ -13,7 +13,7 @@ the same triangle filter on the same sample grid as torch's antialiased kernel (
 and computes without rounding, so the resized image equals torch's within 0.003 of an 8-bit level; it is then
 rounded once into the uint8 slab (at most 0.5 level) and rescaled/normalised by the backend. Resizing is
 linear, so rescaling before or after it is the same up to float rounding. Measured bound and the vector
-effect: docs/models-dinov3.md.
+effect: docs/models.md#dinov3.
 
 This module imports transformers only inside its functions (workers import the package too).
 """

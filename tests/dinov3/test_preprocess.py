@@ -19,7 +19,7 @@ from iei.preprocess.spec import load_spec
 from tests.dinov3.reference import pixel_values, processor_config, resized_levels
 
 # Max |IEI - torch| in 8-bit levels: IEI rounds the float resize once into the uint8 slab (<= 0.5) and Pillow's
-# float resampler differs from torch's by <= 0.003 (measured: docs/models-dinov3.md).
+# float resampler differs from torch's by <= 0.003 (measured: docs/models.md#dinov3).
 PIXEL_TOLERANCE = 0.51
 # (width, height): downscales of both kinds, the model's own size, upscales, extreme aspect ratios, tiny
 SIZES = [(1024, 768), (640, 480), (300, 200), (224, 224), (100, 150), (37, 501), (2000, 1500), (64, 64), (1, 300), (3, 3),

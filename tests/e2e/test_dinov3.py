@@ -1,7 +1,7 @@
 """DINOv3 through a real server, one case per architecture: the ViT on torch, the ConvNeXt as an `iei export`
 folder on ONNX Runtime (no torch in the model process). Vectors are the authors' embedding (`pooler_output`)
 on a reference that preprocesses with torch's antialiased interpolate, within the documented resize
-tolerance (the pixels are rounded once into the 8-bit slab: docs/models-dinov3.md)."""
+tolerance (the pixels are rounded once into the 8-bit slab: docs/models.md#dinov3)."""
 
 from __future__ import annotations
 
