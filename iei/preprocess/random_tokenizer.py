@@ -15,6 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from iei.extras import require
+
 _VERSION = 1  # bump when what is built changes
 _SENTENCES = [
     "a photo of a cat", "a photo of a dog", "a leather bag", "a pair of boots", "a winter coat", "a red dress",
@@ -71,7 +73,7 @@ def _build_clip(folder: Path, max_length: int) -> None:
 
 def _build_siglip(folder: Path, max_length: int) -> None:
     """A small SentencePiece unigram model, wrapped as SiglipTokenizer (lower-cases, strips punctuation)."""
-    import sentencepiece
+    sentencepiece = require("sentencepiece", "a random SigLIP tokenizer (--load-format dummy)")
     from transformers import SiglipTokenizer
 
     model = io.BytesIO()
