@@ -24,6 +24,7 @@ def run_script(name: str, *args: str, timeout: float = 240) -> subprocess.Comple
     return proc
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode, per_request", [("json", 2), ("multipart", 2), ("raw", 1)])
 def test_loadgen_levels_count_images_and_read_stage_headers(vit_server, tmp_path, mode, per_request):
     out = tmp_path / "levels.json"

@@ -25,6 +25,8 @@ from tests.e2e.batch_client import (
 )
 from tests.server_process import REPO, running_server
 
+pytestmark = pytest.mark.slow  # every test here shares a server
+
 KEY = "batch-secret"
 AUTH = {"authorization": f"Bearer {KEY}"}
 
