@@ -78,7 +78,7 @@ def test_serving_bench_quick(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", ["preprocess_bench.py", "backend_bench.py", "compute_efficiency.py", "gpu_check.py",
-                                    "naflex_bench.py"])
+                                    "naflex_bench.py", "overload_bench.py"])
 def test_other_benchmarks_quick(tmp_path, script):
     run_script(script, "--quick", "--out", str(tmp_path / "result"))
 
