@@ -89,7 +89,8 @@ def classify_error(error: Exception, request_id: str, payload_limit: int) -> HTT
         if http_error.status == 424:
             http_error.message = f"{error.message} (request id {request_id})"
         return http_error
-    if isinstance(error, HTTPException):  # raised by Litestar: routing, or reading the body
+    if isinstance(error, HTTPException):  # raised by Litestar: routing, or reading the body (its 400s are 422
+        # Validation, as the table says: one status per error type)
         error_type = ERROR_TYPE_BY_STATUS.get(error.status_code, "Validation")
         if error.status_code >= 500:
             log.error("internal error in request %s: %s", request_id, error.detail)
