@@ -115,7 +115,7 @@ def markdown(result: dict[str, Any], facts: dict[str, Any]) -> str:
     return f"""# Overload: 3x capacity against admission control
 
 `python benchmarks/overload_bench.py`; commit {facts['git_commit']}{' (dirty)' if facts['git_dirty'] else ''}, {facts['date']},
-{facts['cpu_model']} ({facts['cpu_cores']} cores). FakeBackend server: {BATCH_MS:g} ms per batch of up to {BATCH},
+{facts['cpu_model']} ({facts['cpu_cores']} cores, load average {facts['loadavg_at_start'][0]:.1f} at the start). FakeBackend server: {BATCH_MS:g} ms per batch of up to {BATCH},
 admission limit {BATCH} images, capacity {CAPACITY_PER_S:g} img/s; Poisson arrivals.
 
 | load | requests | served | rejected (429) | p99 served | p99 rejected |
