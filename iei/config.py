@@ -63,8 +63,8 @@ class Settings:
     # HTTP
     host: str = _opt("0.0.0.0", "Address to listen on.", env=("IEI_HOST",))
     port: int = _opt(8000, "Port to listen on.", env=("IEI_PORT", "PORT"))
-    api_key: str | None = _opt(None, "If set, inference routes require `Authorization: Bearer <key>` "
-                               "(/health and /metrics stay open).", env=("IEI_API_KEY", "API_KEY"))
+    api_key: str | None = _opt(None, "If set, inference routes and /info require `Authorization: "
+                               "Bearer <key>` (/health and /metrics stay open).", env=("IEI_API_KEY", "API_KEY"))
     payload_limit: int = _opt(64 * 1024 * 1024, "Largest request body in bytes (413 above it).",
                               env=("IEI_PAYLOAD_LIMIT", "PAYLOAD_LIMIT"))
     request_timeout_ms: float = _opt(0.0, "Default deadline of a request (ms; 0: none). A request still queued "

@@ -24,6 +24,7 @@ def run_script(name: str, *args: str, timeout: float = 240) -> subprocess.Comple
     return proc
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode, per_request", [("json", 2), ("multipart", 2), ("raw", 1)])
 def test_loadgen_levels_count_images_and_read_stage_headers(vit_server, tmp_path, mode, per_request):
     out = tmp_path / "levels.json"
@@ -78,7 +79,7 @@ def test_serving_bench_quick(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("script", ["preprocess_bench.py", "backend_bench.py",
                                     pytest.param("compute_efficiency.py", marks=needs_wrk), "gpu_check.py",
-                                    "naflex_bench.py"])
+                                    "naflex_bench.py", "overload_bench.py"])
 def test_other_benchmarks_quick(tmp_path, script):
     run_script(script, "--quick", "--out", str(tmp_path / "result"))
 
