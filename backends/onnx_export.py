@@ -23,6 +23,7 @@ Runs on the model process's main thread (or the `iei export` command); blocking,
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -53,8 +54,16 @@ _ORT_MODEL_TYPE = {"swin": "swin", "swinv2": "swin"}
 # Model types Optimum's exporter has no ONNX config for, exported with torch.onnx.export directly (the same
 # wrapper modules, our own input names and dynamic axes). SigLIP 2: its NaFlex image graph takes position
 # embeddings as an input (`backends.pooling.NaflexImageGraph`), which no Optimum config describes anyway.
-_DIRECT_EXPORT_TYPES = ("siglip2",)
+# DINOv3 (ViT and ConvNeXt): Optimum has no config for either; their image graph is a plain (B, 3, H, W) input.
+# AIMv2: optimum-onnx 0.1.0 has no config for either type. MetaCLIP 2: its config's model patcher calls the
+# traced module with the whole dual encoder's inputs (input_ids and pixel_values), which our one-tower wrappers
+# do not take.
+_DIRECT_EXPORT_TYPES = ("siglip2", "dinov3_vit", "dinov3_convnext", "metaclip_2", "aimv2", "aimv2_vision_model")
 _DIRECT_EXPORT_OPSET = 17  # LayerNormalization as one op
+# protobuf's limit on one ONNX file. A direct export above it would need its weights split into external data,
+# which `_export_direct` and the graph optimiser here do not do (measured: ORT's optimiser on a 2.8 GB graph went
+# past 22 GB of memory), so such a graph is refused up front with a clear error instead.
+_DIRECT_EXPORT_MAX_BYTES = 2**31
 
 
 class ExportError(BackendError):
@@ -195,7 +204,13 @@ def _save_processor(config: BackendConfig, out: Path, text: bool) -> None:
         return
     from transformers import AutoImageProcessor, AutoTokenizer
 
-    AutoImageProcessor.from_pretrained(config.model, revision=config.revision, use_fast=False).save_pretrained(out)
+    from backends.torch_backend import fast_only_processor_config
+
+    fast_only = fast_only_processor_config(config.model, config.revision)
+    if fast_only is not None:  # no class to save it with (torchvision): the config as published
+        (out / "preprocessor_config.json").write_text(json.dumps(fast_only, indent=2, sort_keys=True) + "\n")
+    else:
+        AutoImageProcessor.from_pretrained(config.model, revision=config.revision, use_fast=False).save_pretrained(out)
     if text:
         AutoTokenizer.from_pretrained(config.model, revision=config.revision).save_pretrained(out)
 
@@ -232,6 +247,29 @@ def _export_direct(module: Any, example: dict[str, Any], path: Path, opset: int)
     with torch.inference_mode(False), torch.no_grad():
         torch.onnx.export(module, tuple(example.values()), str(path), input_names=list(example), dynamo=False,
                           output_names=[OUTPUT_NAME], dynamic_axes=axes, opset_version=opset)
+
+
+def _tower_weight_bytes(module: Any, file_name: str) -> int:
+    """float32 bytes of the weights one graph holds: a dual encoder's wrapper holds the whole model, but the trace
+    keeps only the tower (and its projection) that the graph runs."""
+    model = module.model
+    tower = "text" if file_name == TEXT_MODEL_FILE else "vision"
+    projection = "text_projection" if tower == "text" else "visual_projection"
+    parts = [getattr(model, f"{tower}_model", None), getattr(model, projection, None)]
+    parts = [part for part in parts if part is not None] or [model]
+    return sum(t.numel() * 4 for part in parts for t in (*part.parameters(), *part.buffers()))
+
+
+def _check_direct_size(graphs: list[tuple[Any, str, Any]], model_id: str, model_type: str) -> None:
+    """Raise ExportError when a directly exported graph would pass protobuf's 2 GB limit (see
+    `_DIRECT_EXPORT_MAX_BYTES`); e.g. MetaCLIP 2's text tower, whose 901,629-token vocabulary alone is 2.8 GB."""
+    for module, file_name, _ in graphs:
+        size = _tower_weight_bytes(module, file_name)
+        if size > _DIRECT_EXPORT_MAX_BYTES:
+            raise ExportError(
+                f"model {model_id!r} (model type {model_type!r}) cannot be exported to ONNX: its graph {file_name} holds "
+                f"{size / 1e9:.1f} GB of float32 weights, past ONNX's 2 GB limit for one file, and IEI's exporter does "
+                "not split weights into external data for this model type; serve it with --backend torch")
 
 
 def _export_graph(module: Any, hf_config: Any, model_id: str, example: dict[str, Any], path: Path, opset: int,
@@ -276,6 +314,8 @@ def export_model(config: BackendConfig, options: ExportOptions, out: str | os.Pa
     if text_embedder is not None:
         max_length = text["text_max_length"]
         graphs.append((text_embedder, TEXT_MODEL_FILE, [_example_text(hf_config, n) for n in sorted({7, max_length})]))
+    if direct:
+        _check_direct_size(graphs, config.model, hf_config.model_type)
     opset = options.opset or (_DIRECT_EXPORT_OPSET if direct else _onnx_config(hf_config, config.model).DEFAULT_ONNX_OPSET)
     isa, dims, diff = None, set(), 0.0
     try:

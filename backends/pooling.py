@@ -21,9 +21,20 @@ Poolings:
 - DINOv2 (default `cls`: token 0 after the final layernorm, the authors' image embedding): `mean` is
   the mean of the patch tokens (CLS excluded) and `cls+mean` their concatenation (2 x hidden), as in
   the DINOv2 paper's linear probe and transformers' `Dinov2ForImageClassification`.
+- DINOv3 ViT (default `pooler`: `pooler_output`, the CLS token after the final norm, as the model card
+  embeds an image; `cls` is the same vector): `mean` averages the patch tokens only, skipping the CLS and the
+  `num_register_tokens` register tokens that follow it (registers are not image patches); `cls+mean` as DINOv2.
+- DINOv3 ConvNeXt (default `pooler`: `pooler_output`, the final norm of the spatially pooled feature map, the
+  model's "CLS token"): `mean` averages its normed patch tokens (the rest of `last_hidden_state`).
+- MetaCLIP 2 and AIMv2 LiT are CLIP-style dual encoders: `projection` (`get_image_features`) by default.
+  AIMv2's vision-only checkpoints have no pooled vector of their own: `mean` of the final tokens.
 
-Text embeddings exist only where the image embedding lives in the text's space: CLIP with
-`projection`, SigLIP with `pooler` (`text_pooling` in the table).
+Text embeddings exist only where the image embedding lives in the text's space: CLIP, MetaCLIP 2 and
+AIMv2 LiT with `projection`, SigLIP with `pooler` (`text_pooling` in the table).
+
+A model type missing from the table gets no default: `resolve_pooling` refuses it unless a pooling is
+asked for explicitly, because a guessed pooling (say the mean of a dual encoder's vision tokens) is a
+plausible-looking vector in the wrong space. docs/models.md is the table in prose.
 """
 
 from __future__ import annotations
@@ -46,7 +57,9 @@ class FamilySpec(msgspec.Struct, frozen=True, kw_only=True):
     takes_add_pooling_layer: bool
     # Where `mean` reads from: "tokens" (mean of last_hidden_state) or "pooler" (pooler_output).
     mean_source: str = "tokens"
-    mean_skips_cls: bool = False  # DINOv2: `mean` averages the patch tokens only
+    # DINOv2/DINOv3: `mean` averages the patch tokens only (skipping the CLS token, and the register tokens
+    # after it where the config has `num_register_tokens`)
+    mean_skips_cls: bool = False
     # Dual encoders: the image pooling whose vectors share the text tower's space (None: image-only).
     text_pooling: str | None = None
     # SigLIP was trained on texts padded to max_length with no attention mask; CLIP masks its padding.
@@ -73,15 +86,31 @@ FAMILIES: dict[str, FamilySpec] = {
                           text_pooling="pooler", text_attention_mask=False, text_pad_to_max_length=True),
     "dinov2": FamilySpec(default="cls", allowed=("cls", "mean", "cls+mean"), takes_add_pooling_layer=False,
                          mean_skips_cls=True),
+    "dinov3_vit": FamilySpec(default="pooler", allowed=("pooler", "cls", "mean", "cls+mean"),
+                             takes_add_pooling_layer=False, mean_skips_cls=True),
+    "dinov3_convnext": FamilySpec(default="pooler", allowed=("pooler", "mean"), takes_add_pooling_layer=False,
+                                  mean_skips_cls=True),
+    # MetaCLIP 2: CLIP's architecture (its own multilingual XLM-V tokenizer), CLIP's embedding.
+    "metaclip_2": FamilySpec(default="projection", allowed=("projection", "pooler", "cls", "mean"),
+                             takes_add_pooling_layer=False, text_pooling="projection"),
+    # AIMv2 LiT (apple/aimv2-large-patch14-224-lit): the vision tower's attention-pooling head through
+    # `visual_projection`, in the space of its causal text tower. No CLS token (the head's query is its own).
+    "aimv2": FamilySpec(default="projection", allowed=("projection", "pooler", "mean"), takes_add_pooling_layer=False,
+                        text_pooling="projection"),
+    # AIMv2 vision-only checkpoints: their model cards document the patch features (`last_hidden_state`, after
+    # the final RMSNorm) and no pooled vector (the paper probes them with a head trained per task, and the
+    # checkpoints carry none: `use_head` is off), so the default is the mean of those features.
+    "aimv2_vision_model": FamilySpec(default="mean", allowed=("mean", "pooler"), takes_add_pooling_layer=False),
 }
 
 # Model types whose vision tower takes variable patch grids (patches, their mask and per-grid position
 # embeddings: NaflexImageGraph) instead of fixed-size images.
 VARIABLE_GRID_TYPES = ("siglip2",)
 
-# Families not in the table: `mean` over tokens (3-D output) or space (4-D output); `pooler` where
-# the output has one (checked on the first forward). No `cls`: we cannot know there is a CLS token.
-UNKNOWN_FAMILY = FamilySpec(default="mean", allowed=("mean", "pooler"), takes_add_pooling_layer=False)
+# Families not in the table: no default (see resolve_pooling); asked for explicitly, `mean` over tokens (3-D
+# output) or space (4-D output), `pooler` where the output has one (checked on the first forward). No `cls`: we
+# cannot know there is a CLS token. `default` is never used for them.
+UNKNOWN_FAMILY = FamilySpec(default="", allowed=("mean", "pooler"), takes_add_pooling_layer=False)
 
 
 class PoolingError(ValueError):
@@ -99,9 +128,16 @@ def family_spec(model_type: str, model_class: type | None = None) -> FamilySpec:
 
 
 def resolve_pooling(model_type: str, requested: str | None, model_class: type | None = None) -> str:
-    """The pooling to use: `requested`, or the family's default when None. Raises PoolingError."""
+    """The pooling to use: `requested`, or the family's default when None. Raises PoolingError, also when
+    `requested` is None for a model type the table lacks (no guessed embedding: docs/models.md)."""
     spec = family_spec(model_type, model_class)
     if requested is None:
+        if model_type not in FAMILIES:
+            raise PoolingError(
+                f"model type {model_type!r} is not in IEI's model family table (docs/models.md), so IEI does not know "
+                "its authors' embedding and will not guess one; start it with an explicit pooling: --pooling mean "
+                "(the mean of the last hidden state over tokens, or over space for a CNN) or --pooling pooler "
+                "(the model's own pooler_output)")
         return spec.default
     if requested not in POOLINGS:
         raise PoolingError(f"unknown pooling {requested!r}; choose one of {list(POOLINGS)}")
@@ -146,7 +182,10 @@ class EmbeddingModel(nn.Module):
         self.pooling = pooling
         spec = family_spec(model_type, type(model))
         self.mean_source = spec.mean_source
-        self.mean_skips_cls = spec.mean_skips_cls
+        # tokens before the first patch token that `mean` leaves out: CLS, then any register tokens
+        registers = int(getattr(vision_config(model.config), "num_register_tokens", 0) or 0) \
+            if hasattr(model, "config") else 0
+        self.mean_skip = 1 + registers if spec.mean_skips_cls else 0
         # A dual encoder (CLIP, SigLIP) runs its vision tower only; `projection` needs the whole model.
         self.vision = getattr(model, "vision_model", model)
         self.naflex = NaflexImageGraph(model) if model_type in VARIABLE_GRID_TYPES else None
@@ -171,9 +210,9 @@ class EmbeddingModel(nn.Module):
         if self.pooling == "cls":
             return hidden[:, 0]
         if self.pooling == "cls+mean":
-            return torch.cat([hidden[:, 0], hidden[:, 1:].mean(dim=1)], dim=-1)
+            return torch.cat([hidden[:, 0], hidden[:, self.mean_skip:].mean(dim=1)], dim=-1)
         if hidden.dim() == 3:  # (B, tokens, D)
-            return hidden[:, 1:].mean(dim=1) if self.mean_skips_cls else hidden.mean(dim=1)
+            return hidden[:, self.mean_skip:].mean(dim=1)
         if hidden.dim() == 4:  # (B, C, H, W) feature map
             return hidden.mean(dim=(2, 3))
         raise PoolingError(f"cannot mean-pool a last_hidden_state of shape {tuple(hidden.shape)}")
@@ -216,8 +255,8 @@ def position_table(model: nn.Module) -> torch.Tensor:
 
 
 class TextEmbeddingModel(nn.Module):
-    """The text tower of a dual encoder (CLIP, SigLIP): `get_text_features`, the vector in the space of
-    the family's `text_pooling` image embedding.
+    """The text tower of a dual encoder (CLIP, SigLIP, MetaCLIP 2, AIMv2 LiT): `get_text_features`, the vector
+    in the space of the family's `text_pooling` image embedding.
 
     forward: input_ids int64 (B, L), attention_mask int64 (B, L) (1 = token, 0 = padding) -> (B, D) in
     the model's dtype, not L2-normalised. The mask is ignored where the family was trained without one
@@ -232,7 +271,41 @@ class TextEmbeddingModel(nn.Module):
             raise PoolingError(f"model type {model_type!r} has no text tower")
         self.model = model
         self.use_attention_mask = spec.text_attention_mask
+        self.aimv2 = Aimv2TextGraph(model) if model_type == "aimv2" else None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.aimv2 is not None:
+            return self.aimv2(input_ids, attention_mask)
         mask = attention_mask if self.use_attention_mask else None
         return self.model.get_text_features(input_ids=input_ids, attention_mask=mask)
+
+
+class Aimv2TextGraph(nn.Module):
+    """AIMv2 LiT's `get_text_features` with its attention mask built here. transformers builds the text tower's
+    causal-and-padding mask with `torch.vmap` (`masking_utils.create_causal_mask`), which the ONNX tracer cannot
+    record; every other step is the text tower's own modules in its order (embeddings, encoder, final RMSNorm,
+    the hidden state at the first end-of-text token, `text_projection`). Torch and ONNX both run this module;
+    it equals `get_text_features(input_ids, attention_mask)` (tests/backends/test_dual_families.py).
+
+    Note transformers' tower attends causally only when given a mask (without one it attends both ways), so
+    the mask is always passed, as the tokenizer's output passes it.
+
+    forward: input_ids int64 (B, L), attention_mask int64 (B, L) -> (B, D).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        text = self.model.text_model
+        hidden = text.embeddings(input_ids)
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        causal = positions[None, :] <= positions[:, None]  # (query, key): a token sees itself and the ones before
+        allowed = causal[None, None] & attention_mask[:, None, None, :].bool()  # (B, 1, L, L)
+        mask = torch.zeros(allowed.shape, dtype=hidden.dtype, device=hidden.device)
+        mask = mask.masked_fill(~allowed, torch.finfo(hidden.dtype).min)
+        hidden = text.rms_norm(text.encoder(inputs_embeds=hidden, attention_mask=mask).last_hidden_state)
+        end = (input_ids.to(torch.int) == text.eos_token_id).int().argmax(dim=-1)
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), end]
+        return self.model.text_projection(pooled)

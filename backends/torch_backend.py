@@ -179,9 +179,32 @@ class TorchBackend:
             torch.cuda.empty_cache()
 
 
+def fast_only_processor_config(source: str, revision: str | None = None) -> dict[str, Any] | None:
+    """The preprocessor_config.json of a processor transformers ships only as a torchvision-based "Fast" class
+    (DINOv3's `DINOv3ViTImageProcessorFast`: there is no slow class of that name without "Fast"), else None.
+    Such a processor cannot be instantiated beside the CPU torch (no torchvision); IEI's preprocessing reads its
+    config instead (`iei.preprocess.fast_processors`, which refuses settings it cannot reproduce)."""
+    import transformers
+    from transformers.image_processing_base import ImageProcessingMixin
+
+    config, _ = ImageProcessingMixin.get_image_processor_dict(source, revision=revision)
+    name = str(config.get("image_processor_type") or "")
+    if name.endswith("Fast") and not hasattr(transformers, name.removesuffix("Fast")):
+        return config
+    return None
+
+
+def check_image_processor(source: str, revision: str | None = None) -> None:
+    """Raise unless the model's image processor loads: its slow class, or the config of a fast-only one."""
+    from transformers import AutoImageProcessor
+
+    if fast_only_processor_config(source, revision) is None:
+        AutoImageProcessor.from_pretrained(source, revision=revision, use_fast=False)
+
+
 def _load_auto(config: BackendConfig, pooling_request: str | None) -> tuple[Any, str, str | None]:
     """from_pretrained (hub id through the HF cache, or a local folder). Returns (model, pooling, sha)."""
-    from transformers import AutoConfig, AutoImageProcessor, AutoModel
+    from transformers import AutoConfig, AutoModel
 
     name = config.model
     if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
@@ -194,7 +217,7 @@ def _load_auto(config: BackendConfig, pooling_request: str | None) -> tuple[Any,
     _check_vision_config(hf_config, name)
     pooling = _pick_pooling(hf_config, pooling_request)
     try:
-        AutoImageProcessor.from_pretrained(name, revision=config.revision, use_fast=False)
+        check_image_processor(name, config.revision)
     except Exception as e:
         raise BackendError(f"model {name!r} has no usable image processor (preprocessor_config.json): {_short(e)}") from e
     try:
@@ -213,7 +236,7 @@ def _load_auto(config: BackendConfig, pooling_request: str | None) -> tuple[Any,
 
 def _load_dummy(config: BackendConfig, pooling_request: str | None) -> tuple[Any, str, None]:
     """from_config with random weights (seeded, so every process builds the same model)."""
-    from transformers import AutoConfig, AutoImageProcessor, AutoModel
+    from transformers import AutoConfig, AutoModel
 
     if not config.config_dir:
         raise BackendError(f"load_format 'dummy' for {config.model!r} needs a config_dir holding config.json")
@@ -224,7 +247,7 @@ def _load_dummy(config: BackendConfig, pooling_request: str | None) -> tuple[Any
     _check_vision_config(hf_config, config.model)
     pooling = _pick_pooling(hf_config, pooling_request)
     try:
-        AutoImageProcessor.from_pretrained(config.config_dir, use_fast=False)
+        check_image_processor(config.config_dir)
     except Exception as e:
         raise BackendError(f"{config.config_dir} has no usable image processor (preprocessor_config.json): {_short(e)}") from e
     logger.warning(

@@ -25,7 +25,7 @@ from typing import Callable, NamedTuple, Protocol
 
 import numpy as np
 
-from iei.errors import BackendFailed, Unhealthy
+from iei.errors import BATCH_FAILED, BackendFailed, Unhealthy
 
 log = logging.getLogger("iei.batcher")
 
@@ -247,7 +247,7 @@ class DynamicBatcher:
         self.backend_ok = False
         if not isinstance(error, BackendFailed):
             log.error("running a batch failed unexpectedly", exc_info=error)
-            error = BackendFailed("the model failed on this batch")
+            error = BackendFailed(BATCH_FAILED)
         for entry in batch:
             if not entry.future.done():
                 entry.future.set_exception(BackendFailed(error.message))

@@ -35,9 +35,10 @@ class Settings:
                             env=("IEI_LOAD_FORMAT",), choices=("auto", "dummy"))
     served_model_name: str | None = _opt(None, "Name reported in /info and /v1/embeddings (default: the model id).",
                                          env=("IEI_SERVED_MODEL_NAME", "SERVED_MODEL_NAME"))
-    pooling: str | None = _opt(None, "Pooling: mean (default for ViT/DeiT/BEiT/Swin/ConvNeXt), cls (default for DINOv2), "
-                               "pooler (default for SigLIP), projection (CLIP's projected embedding, its default) or "
-                               "cls+mean (DINOv2). Text embeddings need the CLIP/SigLIP default.",
+    pooling: str | None = _opt(None, "Pooling: mean (default for ViT/DeiT/BEiT/Swin/ConvNeXt/AIMv2 vision-only), cls "
+                               "(default for DINOv2), pooler (default for SigLIP and DINOv3), projection (the projected embedding, "
+                               "default for CLIP/MetaCLIP 2/AIMv2 LiT) or cls+mean (DINOv2). Text embeddings need the "
+                               "family's default. Required for a model type not in docs/models.md (mean or pooler).",
                                env=("IEI_POOLING", "POOLING"))
     # Runtime
     backend: str = _opt("torch", "Model runtime.", env=("IEI_BACKEND",),
@@ -62,8 +63,8 @@ class Settings:
     # HTTP
     host: str = _opt("0.0.0.0", "Address to listen on.", env=("IEI_HOST",))
     port: int = _opt(8000, "Port to listen on.", env=("IEI_PORT", "PORT"))
-    api_key: str | None = _opt(None, "If set, inference routes require `Authorization: Bearer <key>` "
-                               "(/health and /metrics stay open).", env=("IEI_API_KEY", "API_KEY"))
+    api_key: str | None = _opt(None, "If set, inference routes and /info require `Authorization: "
+                               "Bearer <key>` (/health and /metrics stay open).", env=("IEI_API_KEY", "API_KEY"))
     payload_limit: int = _opt(64 * 1024 * 1024, "Largest request body in bytes (413 above it).",
                               env=("IEI_PAYLOAD_LIMIT", "PAYLOAD_LIMIT"))
     request_timeout_ms: float = _opt(0.0, "Default deadline of a request (ms; 0: none). A request still queued "

@@ -29,6 +29,7 @@ import numpy as np
 from backends import BackendError, load_backend
 from backends.onnx_manifest import is_export_folder
 from iei.config import Settings
+from iei.errors import BATCH_FAILED
 from iei.ipc import FrameReader
 from iei.messages import (
     AttachSlab, BatchDone, BatchFailed, ModelLoadFailed, ModelReady, RunImages, RunTexts, ServerToModel,
@@ -74,12 +75,11 @@ def _run_batch(batch_id: int, rows: int, embed, *arrays: np.ndarray | None) -> B
         vectors = np.ascontiguousarray(embed(*arrays), dtype=np.float32)
         return BatchDone(batch_id, vectors.tobytes(), vectors.shape[0], vectors.shape[1], started,
                          time.monotonic() - started)
-    except BackendError as e:
-        message = str(e)
+    except BackendError as e:  # the runtime's text (torch, ONNX Runtime) goes to the log, never to a client
+        log.error("batch %d of %d failed: %s", batch_id, rows, e)
     except Exception:  # keep serving; the client sees a generic message, the log has the detail
-        log.exception("the model raised on a batch of %d", rows)
-        message = "the model failed on this batch"
-    return BatchFailed(batch_id, message, started, time.monotonic() - started)
+        log.exception("batch %d of %d: the model raised", batch_id, rows)
+    return BatchFailed(batch_id, BATCH_FAILED, started, time.monotonic() - started)
 
 
 def host_main(conn: Connection, settings: Settings) -> None:

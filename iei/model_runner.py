@@ -21,7 +21,7 @@ import numpy as np
 
 from backends import Backend, BackendError, ModelInfo
 from iei.config import Settings
-from iei.errors import BackendFailed
+from iei.errors import BATCH_FAILED, BackendFailed
 from iei.ipc import connect, send_frame
 from iei.messages import (
     AttachSlab, BatchDone, ModelLoadFailed, ModelReady, ModelToServer, RunImages, RunTexts,
@@ -88,8 +88,9 @@ class ThreadRunner:
         started = time.monotonic()
         try:
             vectors = embed(*arrays)
-        except BackendError as e:
-            raise BackendFailed(str(e)) from None
+        except BackendError as e:  # the runtime's text goes to the log only
+            log.error("a batch of %d failed: %s", len(arrays[0]), e)
+            raise BackendFailed(BATCH_FAILED) from None
         return BatchResult(vectors, started, time.monotonic() - started)
 
     async def close(self) -> None:

@@ -27,4 +27,11 @@ if [ "${IEI_PILLOW_SIMD:-0}" = "1" ]; then
     "$VENV/bin/python" -m pip uninstall --quiet --yes pillow pillow-simd || true
     CC="${CC:-cc} -mavx2" "$VENV/bin/python" -m pip install --quiet --no-deps --no-binary pillow-simd "pillow-simd==12.1.1.post0"
 fi
+# wrk: the load generator of the serving benchmarks and of their quick-mode tests (Debian's package; not on
+# PyPI). Installed where this runs as root with apt-get, as in CI; elsewhere those tests skip and say why.
+if ! command -v wrk >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get install -y -qq wrk >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq wrk >/dev/null 2>&1; } \
+        || echo "could not install wrk with apt-get: the wrk benchmark tests will be skipped" >&2
+fi
 echo "installed into $VENV ($("$VENV/bin/python" -c 'import PIL; print("Pillow", PIL.__version__)'))"

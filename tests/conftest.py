@@ -7,9 +7,19 @@ from typing import Callable, Iterator
 import pytest
 
 from tests.model_factory import make_tiny_model
-from tests.server_process import ServerProcess, running_server
+from tests.server_process import CURRENT_TEST, ServerProcess, running_server
 
 SEED_IMAGES = sorted((Path(__file__).resolve().parents[2] / "shared" / "testdata" / "seed-images").glob("*.png"))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    CURRENT_TEST["item"] = item  # read by tests.server_process.require_slow_test, before fixtures start
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    CURRENT_TEST["item"] = None  # session fixtures closing after the last test are not a test's doing
 
 
 @pytest.fixture(scope="session")

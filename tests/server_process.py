@@ -14,8 +14,22 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+# The test being set up or run, kept by tests/conftest.py (pytest_runtest_setup) so that the helpers that
+# start a server can check it is marked slow: `make test-fast` (-m "not slow") must never start one.
+CURRENT_TEST: dict[str, pytest.Item | None] = {"item": None}
+
+
+def require_slow_test() -> None:
+    """Fail the current test unless it is marked `slow` (a session fixture counts for its first user)."""
+    item = CURRENT_TEST["item"]
+    if item is not None and item.get_closest_marker("slow") is None:
+        pytest.fail(f"{item.nodeid} starts a server: mark it @pytest.mark.slow (or its module's pytestmark)",
+                    pytrace=False)
 
 
 def loads_torch(pid: int) -> bool:
@@ -45,6 +59,7 @@ class ServerProcess:
 @contextmanager
 def running_server(*args: str, env: dict[str, str] | None = None, log_dir: Path, timeout_s: float = 120.0,
                    expect_ready: bool = True) -> Iterator[ServerProcess]:
+    require_slow_test()
     port = free_port()
     log_path = log_dir / f"server-{port}.log"
     # IEI_DEVICE=cpu: the references are CPU float32 vectors, and on a GPU host `auto` would serve float16

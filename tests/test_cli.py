@@ -81,3 +81,18 @@ def test_http_workers_auto_is_one_on_small_hosts_and_validated():
     for bad in ("0", "x", "65"):
         with pytest.raises(SystemExit, match="http_workers"):
             settings_from(None, {"IEI_HTTP_WORKERS": bad})
+
+
+def test_unknown_model_type_fails_clearly_without_pooling(tmp_path):
+    """The wrong-vector rule at the command line (docs/models.md): a model type outside the family table does
+    not start with a guessed pooling; the message names the type and the two choices."""
+    from transformers import ViTMSNConfig, ViTMSNModel
+
+    folder = tmp_path / "vit-msn"
+    ViTMSNModel(ViTMSNConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                             image_size=224, patch_size=32)).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text('{"image_processor_type": "ViTImageProcessor"}')
+    result = run_serve("--model", str(folder))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "cannot start" in result.stderr and "'vit_msn'" in result.stderr
+    assert "--pooling mean" in result.stderr and "--pooling pooler" in result.stderr

@@ -31,6 +31,12 @@ RETRIEVAL_MODELS = [
     "facebook/dinov2-small",
     "facebook/dinov2-base",
     "google/siglip2-base-patch16-naflex",  # hub facts checked in tests/naflex/test_catalog.py
+    "facebook/dinov3-vits16-pretrain-lvd1689m",  # hub facts checked in tests/dinov3/test_catalog.py
+    "facebook/dinov3-vitb16-pretrain-lvd1689m",
+    "facebook/dinov3-convnext-tiny-pretrain-lvd1689m",
+    "google/siglip2-base-patch16-224",
+    "facebook/metaclip-2-worldwide-l14",
+    "apple/aimv2-large-patch14-224-lit",
 ]
 
 
@@ -194,6 +200,20 @@ RETRIEVAL_FACTS = {
                               {"patch_size": 14}, _DINOV2_PROCESSOR),
     "facebook/dinov2-base": ({"model_type": "dinov2", "hidden_size": 768, "image_size": 518}, {"patch_size": 14},
                              _DINOV2_PROCESSOR),
+    # SigLIP 2 at a fixed resolution: SigLIP's architecture and model type, Gemma's 256k vocabulary, bilinear resize
+    # (transformers' convert_siglip2_to_hf: vocab_size 256_000; the published processor: resample 2).
+    "google/siglip2-base-patch16-224": ({"model_type": "siglip"}, {"patch_size": 16, "hidden_size": 768, "image_size": 224},
+                                        {"resample": 2, "size": {"height": 224, "width": 224}, "image_mean": [0.5] * 3}),
+    # MetaCLIP 2: ViT-L/14 with XLM-V's 901,629-token vocabulary (convert_metaclip_2_to_hf: eos from XLM-V's
+    # tokenizer, 2; the processor resizes to a square, size {height, width}, then crops).
+    "facebook/metaclip-2-worldwide-l14": ({"model_type": "metaclip_2", "projection_dim": 768},
+                                          {"patch_size": 14, "hidden_size": 1024, "num_hidden_layers": 24},
+                                          {**_CLIP_PROCESSOR, "size": {"height": 224, "width": 224}}),
+    # AIMv2-L LiT: the attention-pooling head (use_head, set by convert_aimv2_original_pytorch_to_hf), RMSNorm, SwiGLU.
+    "apple/aimv2-large-patch14-224-lit": ({"model_type": "aimv2", "projection_dim": 768},
+                                          {"patch_size": 14, "hidden_size": 1024, "num_hidden_layers": 24,
+                                           "num_attention_heads": 8, "intermediate_size": 2816, "use_head": True},
+                                          _CLIP_PROCESSOR),
 }
 
 
@@ -212,3 +232,9 @@ def test_retrieval_catalog_entry_loads_offline_with_hub_settings(model_id):
         assert getattr(processor, key) == value, key
     if config.model_type == "clip":  # openai's legacy ids: the end of a text is found by argmax
         assert (config.text_config.eos_token_id, config.text_config.max_position_embeddings) == (2, 77)
+    if config.model_type == "siglip" and "siglip2" in model_id:
+        assert (config.text_config.vocab_size, config.text_config.max_position_embeddings) == (256000, 64)
+    if config.model_type == "metaclip_2":
+        assert (config.text_config.vocab_size, config.text_config.eos_token_id, config.text_config.pad_token_id) == (901629, 2, 1)
+    if config.model_type == "aimv2":
+        assert (config.text_config.vocab_size, config.text_config.eos_token_id, config.text_config.hidden_size) == (49408, 49407, 768)

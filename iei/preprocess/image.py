@@ -280,7 +280,7 @@ def _resize_and_crop(image: Image.Image, source_size: tuple[int, int], spec: Pre
     on the image before any DCT downscale. Returns uint8 HWC."""
     res_w, res_h = _resize_size(*source_size, image.size, spec)
     if spec.crop_height is None or spec.crop_width is None:
-        return np.asarray(_resize(image, (res_w, res_h), spec.resample))
+        return _resized_pixels(image, (res_w, res_h), spec)
     crop_w, crop_h = spec.crop_width, spec.crop_height
     left, top = (res_w - crop_w) // 2, (res_h - crop_h) // 2
     if res_w * res_h > _MAX_FULL_RESIZE_PIXELS and left >= 0 and top >= 0:
@@ -288,9 +288,27 @@ def _resize_and_crop(image: Image.Image, source_size: tuple[int, int], spec: Pre
         # without materialising a huge intermediate image.
         sx, sy = image.width / res_w, image.height / res_h
         box = (left * sx, top * sy, (left + crop_w) * sx, (top + crop_h) * sy)
-        return np.asarray(image.resize((crop_w, crop_h), spec.resample, box=box))
+        return _resized_pixels(image, (crop_w, crop_h), spec, box=box)
+    if spec.float_resize:  # fast-processor specs never crop beyond the image (checked when built)
+        return _resized_pixels(image, (res_w, res_h), spec)[top:top + crop_h, left:left + crop_w]
     resized = _resize(image, (res_w, res_h), spec.resample)
     return np.asarray(resized.crop((left, top, left + crop_w, top + crop_h)))
+
+
+def _resized_pixels(image: Image.Image, size: tuple[int, int], spec: PreprocessSpec,
+                    box: tuple[float, float, float, float] | None = None) -> np.ndarray:
+    """`image` (or its `box`) resized to `size` (width, height) as uint8 HWC. With `spec.float_resize`, each
+    channel is resampled in Pillow's 32-bit float mode (no rounding between the horizontal and vertical passes,
+    as torch's antialiased interpolate on float tensors) and rounded to 8 bits once."""
+    if not spec.float_resize:
+        if box is not None:
+            return np.asarray(image.resize(size, spec.resample, box=box))
+        return np.asarray(_resize(image, size, spec.resample))
+    if image.size == size and box is None:
+        return np.asarray(image)
+    bands = [band.convert("F").resize(size, spec.resample, box=box) for band in image.split()]
+    pixels = np.stack([np.asarray(band) for band in bands], axis=-1)
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
 
 def _resize_size(src_w: int, src_h: int, current: tuple[int, int], spec: PreprocessSpec) -> tuple[int, int]:

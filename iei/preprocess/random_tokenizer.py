@@ -1,9 +1,11 @@
 """Tokenizers built offline, for `--load-format dummy` of a dual encoder whose real tokenizer is not on disk
 (the hub is not needed, nothing is downloaded) and for tests' tiny models.
 
-They tokenise like their family's tokenizer class (CLIP: byte-level BPE; SigLIP: SentencePiece) with a made-up
-vocabulary: CLIP gets the 512 byte-level symbols and no merges, SigLIP a SentencePiece model trained on a few
-sentences. Token ids are meaningless, like the random weights they go with.
+They tokenise like their family's tokenizer class with a made-up vocabulary: CLIP and AIMv2 (CLIPTokenizer)
+get the 512 byte-level symbols and no merges; SigLIP (SiglipTokenizer), SigLIP 2 (Gemma's tokenizer, as
+transformers' SigLIP 2 conversion builds it: no BOS, EOS appended) and MetaCLIP 2 (XLM-V's, an
+XLMRobertaTokenizer) a SentencePiece model trained on a few sentences. Token ids are meaningless, like the
+random weights they go with.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-_VERSION = 1  # bump when what is built changes
+from iei.extras import require
+
+_VERSION = 2  # bump when what is built changes
+_GEMMA_VOCAB_SIZE = 256_000
 _SENTENCES = [
     "a photo of a cat", "a photo of a dog", "a leather bag", "a pair of boots", "a winter coat", "a red dress",
     "summer sandals", "a running shoe", "the quick brown fox jumps over the lazy dog 0123456789",
@@ -23,8 +28,23 @@ _SENTENCES = [
 ]
 
 
+def random_tokenizer_kind(model_type: str, config_dir: str | None) -> str:
+    """Which random tokenizer a model type gets. SigLIP 2's fixed-resolution checkpoints (e.g.
+    google/siglip2-base-patch16-224) say model type "siglip" like SigLIP's; their text vocabulary, Gemma's
+    256,000 ids, tells them apart (SigLIP's are 32,000 and 250,000)."""
+    if model_type == "siglip" and config_dir is not None:
+        try:
+            config = json.loads((Path(config_dir) / "config.json").read_text())
+            if int(config.get("text_config", {}).get("vocab_size", 0)) == _GEMMA_VOCAB_SIZE:
+                return "gemma"
+        except (OSError, ValueError, TypeError):
+            pass
+    return model_type
+
+
 def random_tokenizer_dir(model_type: str, max_length: int) -> Path:
-    """A folder holding a random `model_type` ("clip" or "siglip") tokenizer, built on first use under the
+    """A folder holding a random `model_type` tokenizer (a model type of `_BUILDERS`, or a kind from
+    `random_tokenizer_kind`), built on first use under the
     system's temporary folder (atomically, so concurrent servers never see half a folder). Raises ValueError
     for other model types."""
     if model_type not in _BUILDERS:
@@ -71,7 +91,7 @@ def _build_clip(folder: Path, max_length: int) -> None:
 
 def _build_siglip(folder: Path, max_length: int) -> None:
     """A small SentencePiece unigram model, wrapped as SiglipTokenizer (lower-cases, strips punctuation)."""
-    import sentencepiece
+    sentencepiece = require("sentencepiece", "a random SigLIP tokenizer (--load-format dummy)")
     from transformers import SiglipTokenizer
 
     model = io.BytesIO()
@@ -84,4 +104,42 @@ def _build_siglip(folder: Path, max_length: int) -> None:
         SiglipTokenizer(str(Path(raw) / "spiece.model"), model_max_length=max_length).save_pretrained(folder)
 
 
-_BUILDERS = {"clip": _build_clip, "siglip": _build_siglip, "siglip2": _build_siglip}  # SigLIP 2: SentencePiece too (Gemma)
+def _sentencepiece_model(**special: int) -> bytes:
+    """A small SentencePiece BPE model trained on a few sentences (ids below 200 plus the special ones)."""
+    sentencepiece = require("sentencepiece", "a random SentencePiece tokenizer (--load-format dummy)")
+
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(_SENTENCES * 10), model_writer=model, vocab_size=200, model_type="bpe",
+        hard_vocab_limit=False, minloglevel=2, **special,
+    )
+    return model.getvalue()
+
+
+def _build_gemma(folder: Path, max_length: int) -> None:
+    """Gemma's tokenizer as SigLIP 2 uses it (transformers' convert_siglip2_to_hf: GemmaTokenizerFast with
+    add_bos_token=False, add_eos_token=True, right padding): pad 0, eos 1, bos 2, unk 3 as in Gemma's vocabulary."""
+    from transformers import GemmaTokenizer, GemmaTokenizerFast
+
+    with tempfile.TemporaryDirectory() as raw:
+        (Path(raw) / "tokenizer.model").write_bytes(_sentencepiece_model(pad_id=0, eos_id=1, bos_id=2, unk_id=3))
+        slow = GemmaTokenizer(str(Path(raw) / "tokenizer.model"), add_bos_token=False, add_eos_token=True,
+                              padding_side="right", model_max_length=max_length)
+        slow.save_pretrained(folder)
+    GemmaTokenizerFast.from_pretrained(folder, add_bos_token=False, add_eos_token=True).save_pretrained(folder)
+
+
+def _build_xlm_roberta(folder: Path, max_length: int) -> None:
+    """XLM-V's tokenizer class as MetaCLIP 2 uses it (XLMRobertaTokenizer over a SentencePiece model): <s> 0,
+    <pad> 1, </s> 2 (MetaCLIP 2's eos_token_id), <unk> 3, then the pieces, then <mask>."""
+    from transformers import XLMRobertaTokenizer, XLMRobertaTokenizerFast
+
+    with tempfile.TemporaryDirectory() as raw:
+        (Path(raw) / "sentencepiece.bpe.model").write_bytes(_sentencepiece_model(unk_id=0, bos_id=1, eos_id=2, pad_id=-1))
+        XLMRobertaTokenizer(str(Path(raw) / "sentencepiece.bpe.model"), model_max_length=max_length).save_pretrained(folder)
+    XLMRobertaTokenizerFast.from_pretrained(folder).save_pretrained(folder)
+
+
+# model type (or kind, see random_tokenizer_kind) -> builder
+_BUILDERS = {"clip": _build_clip, "siglip": _build_siglip, "siglip2": _build_gemma, "gemma": _build_gemma,
+             "metaclip_2": _build_xlm_roberta, "aimv2": _build_clip}

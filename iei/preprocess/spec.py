@@ -77,6 +77,11 @@ class PreprocessSpec(msgspec.Struct, frozen=True, kw_only=True):
     # output_width are then the nominal square of that many patches (what /info reports).
     patch_size: int | None = None
     max_num_patches: int | None = None
+    # Resize on floats and round once, as the torch-based "Fast" processors do (DINOv3's: rescale, then an
+    # antialiased bilinear `interpolate` on float tensors; `iei.preprocess.fast_processors`). Pillow's 8-bit
+    # resampler rounds between its horizontal and vertical passes (up to 1 level off torch); its float mode
+    # is within 0.003 of a level.
+    float_resize: bool = False
 
     @property
     def variable_grid(self) -> bool:
@@ -189,9 +194,17 @@ def load_spec(
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> PreprocessSpec:
     """Load the slow image processor of `model` (hub id, using the local cache when offline,
-    or a local folder) and return its spec. Raises ValueError for unsupported processors."""
+    or a local folder) and return its spec; for processors transformers ships only as "Fast" classes,
+    read their config (`iei.preprocess.fast_processors`). Raises ValueError for unsupported processors."""
     from transformers import AutoImageProcessor  # heavy; only the loading process needs it
 
+    from iei.preprocess.fast_processors import is_fast_only, read_processor_config, spec_from_fast_config
+
+    # Processors that exist only as torchvision-based "Fast" classes (DINOv3's) cannot be instantiated here:
+    # their config is read and reproduced instead.
+    config = read_processor_config(model, revision)
+    if is_fast_only(config):
+        return spec_from_fast_config(config, draft=draft, max_image_pixels=max_image_pixels)
     processor = AutoImageProcessor.from_pretrained(model, revision=revision, use_fast=False)
     return spec_from_processor(processor, draft=draft, max_image_pixels=max_image_pixels)
 

@@ -21,8 +21,9 @@ import numpy as np
 
 from backends.base import ModelInfo
 from iei.errors import InputError
+from iei.extras import MissingExtra, is_installed
 from iei.models import ModelSource
-from iei.preprocess.random_tokenizer import random_tokenizer_dir
+from iei.preprocess.random_tokenizer import random_tokenizer_dir, random_tokenizer_kind
 
 log = logging.getLogger("iei.preprocess")
 
@@ -53,6 +54,8 @@ def load_text_spec(source: str, revision: str | None, *, max_length: int, paddin
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
     except Exception as e:
+        if not is_installed("sentencepiece") and "sentencepiece" in str(e).lower():
+            raise MissingExtra("sentencepiece", f"the model's tokenizer ({source})") from None
         raise ValueError(f"the model's tokenizer could not be loaded from {source!r}: {e}") from e
     pad_id = tokenizer.pad_token_id
     if pad_id is None:
@@ -97,9 +100,10 @@ def text_spec_for(source: ModelSource, info: ModelInfo) -> TextSpec | None:
         return None
     folder, random = source.processor_source, False
     if info.random_weights and not has_tokenizer(folder):
-        folder, random = str(random_tokenizer_dir(info.model_type, info.text_max_length)), True
+        kind = random_tokenizer_kind(info.model_type, source.config_dir)
+        folder, random = str(random_tokenizer_dir(kind, info.text_max_length)), True
         log.warning("!!! RANDOM TOKENIZER: %r has no tokenizer on disk; texts are tokenised with a made-up %s "
-                    "vocabulary (for tests and benchmarks, like the random weights) !!!", source.model_id, info.model_type)
+                    "vocabulary (for tests and benchmarks, like the random weights) !!!", source.model_id, kind)
     return load_text_spec(folder, None if random else source.revision, max_length=info.text_max_length,
                           padding=info.text_padding or "longest", random=random)
 

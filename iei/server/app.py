@@ -1,14 +1,12 @@
-"""The Litestar app factory: routes, error handlers and the engine's life cycle."""
+"""The Litestar app factory: routes, the exception handlers (`iei.server.errors`) and the engine's life cycle."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import AsyncIterator, Callable
 
-from litestar import Litestar, Request, Response
-from litestar.exceptions import HTTPException
+from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 
 from iei import __version__
@@ -18,10 +16,8 @@ from iei.engine_link import EngineLink
 from iei.server.batch_proxy import BatchProxy, build_batch_proxy_handlers
 from iei.server.batches import BatchJobs, build_batch_handlers, running_batch_jobs
 from iei.server.compat.handlers import build_compat_handlers
-from iei.server.errors import ERROR_TYPE_BY_STATUS, HTTPError
+from iei.server.errors import build_exception_handlers
 from iei.server.routes import AppState, build_route_handlers
-
-log = logging.getLogger("iei.server")
 
 
 def create_app(settings: Settings, engine: EmbeddingEngine | None = None,
@@ -49,7 +45,8 @@ def create_app(settings: Settings, engine: EmbeddingEngine | None = None,
             await loaded.stop()
 
     batch_handlers = build_batch_handlers(state, jobs) if settings.batch_jobs else []
-    return _litestar(settings, build_route_handlers(state) + build_compat_handlers(state) + batch_handlers, lifespan)
+    return _litestar(settings, state, build_route_handlers(state) + build_compat_handlers(state) + batch_handlers,
+                     lifespan)
 
 
 def create_frontend_app(settings: Settings, link: EngineLink, link_path: str, engine_http: str) -> Litestar:
@@ -73,14 +70,14 @@ def create_frontend_app(settings: Settings, link: EngineLink, link_path: str, en
     handlers = build_route_handlers(state) + build_compat_handlers(state)
     if proxy is not None:
         handlers += build_batch_proxy_handlers(proxy)
-    return Rebalancer(_litestar(settings, handlers, lifespan))  # type: ignore[return-value]
+    return Rebalancer(_litestar(settings, state, handlers, lifespan))  # type: ignore[return-value]
 
 
-def _litestar(settings: Settings, handlers: list, lifespan) -> Litestar:
+def _litestar(settings: Settings, state: AppState, handlers: list, lifespan) -> Litestar:
     return Litestar(
         route_handlers=handlers,
         lifespan=[lifespan],
-        exception_handlers={HTTPException: _http_exception, Exception: _unexpected},
+        exception_handlers=build_exception_handlers(state.request_id, settings.payload_limit),  # type: ignore[arg-type]
         request_max_body_size=settings.payload_limit,
         openapi_config=OpenAPIConfig(title="IEI: Image Embedding Inference", version=__version__, path="/docs"),
         logging_config=None,  # logging is configured once, by iei.logs
@@ -123,16 +120,3 @@ class Rebalancer:
 
         await self.app(scope, receive, closing)
 
-
-def _http_exception(request: Request, exc: HTTPException) -> Response:
-    """Routing errors (404, 405, ...) raised before a handler runs, in the contract's shape."""
-    error = HTTPError(ERROR_TYPE_BY_STATUS.get(exc.status_code, "Validation"), str(exc.detail), dict(exc.headers or {}))
-    error.status = exc.status_code
-    return Response(content=error.tei_body(), status_code=exc.status_code, media_type="application/json",
-                    headers=error.headers)
-
-
-def _unexpected(request: Request, exc: Exception) -> Response:
-    log.error("unexpected error on %s", request.url.path, exc_info=exc)
-    return Response(content=HTTPError("Internal", "internal error").tei_body(), status_code=500,
-                    media_type="application/json")

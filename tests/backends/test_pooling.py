@@ -98,10 +98,11 @@ def test_wrapper_refuses_a_pooling_the_family_lacks(tiny_dir):
         EmbeddingModel(model, "cls")
 
 
-def test_unknown_transformer_family_mean_pools_tokens(pixels):
+def test_unknown_transformer_family_mean_pools_tokens_when_asked(pixels):
     model = ViTMSNModel(ViTMSNConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                                      image_size=224, patch_size=32)).eval()
-    assert resolve_pooling("vit_msn", None, ViTMSNModel) == "mean"
+    with pytest.raises(PoolingError, match="not in IEI's model family table"):  # no guessed default
+        resolve_pooling("vit_msn", None, ViTMSNModel)
     with pytest.raises(PoolingError):
         resolve_pooling("vit_msn", "cls", ViTMSNModel)
     with torch.inference_mode():

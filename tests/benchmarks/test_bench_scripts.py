@@ -24,6 +24,7 @@ def run_script(name: str, *args: str, timeout: float = 240) -> subprocess.Comple
     return proc
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode, per_request", [("json", 2), ("multipart", 2), ("raw", 1)])
 def test_loadgen_levels_count_images_and_read_stage_headers(vit_server, tmp_path, mode, per_request):
     out = tmp_path / "levels.json"
@@ -76,8 +77,9 @@ def test_serving_bench_quick(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", ["preprocess_bench.py", "backend_bench.py", "compute_efficiency.py", "gpu_check.py",
-                                    "naflex_bench.py"])
+@pytest.mark.parametrize("script", ["preprocess_bench.py", "backend_bench.py",
+                                    pytest.param("compute_efficiency.py", marks=needs_wrk), "gpu_check.py",
+                                    "naflex_bench.py", "overload_bench.py"])
 def test_other_benchmarks_quick(tmp_path, script):
     run_script(script, "--quick", "--out", str(tmp_path / "result"))
 
@@ -129,3 +131,8 @@ def test_frontends_bench_quick_compares_one_and_two_frontends(tmp_path):
     assert one["engine"] > 0 and two["frontends"] > 0 and two["engine"] > 0
     assert [row["n"] for row in report["projection"]["scaled"]] == list(range(1, 9))
     assert "| CPU-ms/request: frontend_tier |" in (tmp_path / "frontends.md").read_text()
+
+
+def test_dinov3_parity_quick():
+    proc = run_script("dinov3_parity.py", "--quick")
+    assert "max |IEI - torch|" in proc.stdout

@@ -35,21 +35,24 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def retrieval_reference(model_dir: Path, images: list[bytes]) -> np.ndarray:
-    """The authors' image embedding, unnormalised: CLIP's projected `get_image_features`, SigLIP's pooled head
-    (`get_image_features`), DINOv2's CLS token after the final layernorm (`pooler_output`)."""
+    """The authors' image embedding, unnormalised: CLIP's, MetaCLIP 2's and AIMv2 LiT's projected
+    `get_image_features`, SigLIP's pooled head (`get_image_features`), DINOv2's CLS token after the final layernorm
+    (`pooler_output`), AIMv2 vision-only: the mean of its patch features (docs/models.md)."""
     processor = AutoImageProcessor.from_pretrained(model_dir, use_fast=False)
     model = AutoModel.from_pretrained(model_dir).eval()
     pils = [load_image(Image.open(io.BytesIO(b))) for b in images]
     pixels = processor(images=pils, return_tensors="pt")["pixel_values"]
     with torch.inference_mode():
-        if model.config.model_type in ("clip", "siglip"):
+        if model.config.model_type in ("clip", "siglip", "metaclip_2", "aimv2"):
             return model.get_image_features(pixel_values=pixels).numpy()
+        if model.config.model_type == "aimv2_vision_model":
+            return model(pixel_values=pixels).last_hidden_state.mean(1).numpy()
         return model(pixel_values=pixels).pooler_output.numpy()
 
 
 def text_reference(model_dir: Path, texts: list[str]) -> np.ndarray:
-    """`get_text_features`, tokenised as the model cards say: CLIP pads to the longest text (with its mask),
-    SigLIP and SigLIP 2 pad to max_length, 64 (and were trained without a mask)."""
+    """`get_text_features`, tokenised as the model cards say: CLIP, MetaCLIP 2 and AIMv2 pad to the longest text
+    (with its mask), SigLIP and SigLIP 2 pad to max_length, 64 (and were trained without a mask)."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModel.from_pretrained(model_dir).eval()
     with torch.inference_mode():

@@ -1,6 +1,6 @@
-"""CLIP, SigLIP and DINOv2 through a real server, on the torch and ONNX backends: image vectors are the authors'
-embedding, text vectors are `get_text_features` (same space), an image-only model refuses text with a 422, and
-a retrieval sanity check on the six seed images."""
+"""CLIP, SigLIP, DINOv2, SigLIP 2 FixRes, MetaCLIP 2 and AIMv2 through a real server, on the torch and ONNX
+backends: image vectors are the authors' embedding, text vectors are `get_text_features` (same space), an
+image-only model refuses text with a 422, and a retrieval sanity check on the six seed images."""
 
 from __future__ import annotations
 
@@ -25,7 +25,15 @@ TEXTS = ["a photo of a cat", "", "a leather bag", "a much longer description of 
 # "onnx": exported into the cache at start-up; "onnx-export": an `iei export` folder, served with no torch
 # in the model process (its processor and tokenizer are read without it).
 CASES = [("clip", "torch"), ("siglip", "torch"), ("dinov2", "torch"), ("clip", "onnx"), ("siglip", "onnx-export"),
-         ("dinov2", "onnx")]
+         ("dinov2", "onnx"),
+         # the 2025 families (docs/models.md), one server each; tests/backends/test_dual_families.py covers both
+         # backends of each in process
+         ("siglip2_fixres", "onnx"), ("metaclip_2", "torch"), ("aimv2", "onnx-export"), ("aimv2_vision_model", "torch")]
+IMAGE_ONLY = ("dinov2", "aimv2_vision_model")
+POOLING = {"clip": "projection", "siglip": "pooler", "dinov2": "cls", "siglip2_fixres": "pooler",
+           "metaclip_2": "projection", "aimv2": "projection", "aimv2_vision_model": "mean"}
+EMBEDDING_DIM = {"clip": 16, "siglip": 32, "dinov2": 32, "siglip2_fixres": 32, "metaclip_2": 16, "aimv2": 16,
+                 "aimv2_vision_model": 32}
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[f"{f}-{b}" for f, b in CASES])
@@ -64,15 +72,14 @@ def test_image_vectors_are_the_authors_embedding(served, tiny_model, seed_images
     vectors = np.array(response.json())
     np.testing.assert_allclose(vectors, expected, atol=1e-4, rtol=0)
     info = httpx.get(server.url + "/info").json()
-    pooling = {"clip": "projection", "siglip": "pooler", "dinov2": "cls"}[family]
-    assert info["model_type"] == {"embedding": {"pooling": pooling}}
-    assert info["embedding_dim"] == expected.shape[1] == {"clip": 16, "siglip": 32, "dinov2": 32}[family]
+    assert info["model_type"] == {"embedding": {"pooling": POOLING[family]}}
+    assert info["embedding_dim"] == expected.shape[1] == EMBEDDING_DIM[family]
     assert info["image_size"] == {"height": 224, "width": 224}  # DINOv2's config says 518; its processor crops 224
 
 
 def test_text_vectors_are_get_text_features(served, tiny_model):
     family, _, server = served
-    if family == "dinov2":
+    if family in IMAGE_ONLY:
         for route in ("/embed", "/v1/embeddings"):
             response = _post(server, ["a cat"], "text", route)
             assert response.status_code == 422, response.text
@@ -96,8 +103,8 @@ def test_text_vectors_are_get_text_features(served, tiny_model):
 def test_text_and_image_requests_interleave_without_mixing(served, tiny_model, seed_images, seed_base64):
     """Concurrent text and image requests: each batch is one or the other, every vector is right."""
     family, backend, server = served
-    if family == "dinov2" or backend != "torch":
-        pytest.skip("image-only" if family == "dinov2" else "batching is the same on every backend; checked once")
+    if family in IMAGE_ONLY or backend != "torch":
+        pytest.skip("image-only" if family in IMAGE_ONLY else "batching is the same on every backend; checked once")
     images = retrieval_reference(tiny_model(family), seed_images)
     texts = text_reference(tiny_model(family), TEXTS)
 

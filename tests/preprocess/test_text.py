@@ -133,7 +133,35 @@ def test_text_spec_for_follows_the_model(tiny_dir, caplog):
 
 
 @pytest.mark.parametrize("model_id", ["openai/clip-vit-base-patch32", "google/siglip-base-patch16-224",
-                                      "facebook/dinov2-small"])
+                                      "facebook/dinov2-small", "google/siglip2-base-patch16-224",
+                                      "facebook/metaclip-2-worldwide-l14", "apple/aimv2-large-patch14-224-lit"])
 def test_retrieval_catalog_preprocessing_is_supported(model_id):
     spec = load_spec(resolve_model(model_id, None, "dummy").processor_source)
     assert (spec.output_height, spec.output_width) == (224, 224)
+
+
+@pytest.mark.parametrize(("kind", "cls_name", "first", "last"), [
+    ("gemma", "GemmaTokenizerFast", None, 1),  # SigLIP 2: no BOS, EOS (1) appended, as its conversion builds it
+    ("metaclip_2", "XLMRobertaTokenizerFast", 0, 2),  # XLM-V: <s> 0 ... </s> 2 (MetaCLIP 2's eos_token_id)
+    ("aimv2", "CLIPTokenizerFast", 512, 513),  # AIMv2 LiT: CLIP's tokenizer
+])
+def test_random_tokenizers_of_the_2025_families(kind, cls_name, first, last):
+    tokenizer = AutoTokenizer.from_pretrained(random_tokenizer_dir(kind, 64))
+    ids = tokenizer("a photo of a cat")["input_ids"]
+    assert type(tokenizer).__name__ == cls_name and ids[-1] == last
+    assert max(ids) < (520 if kind == "aimv2" else 256)  # within the tiny models' vocabularies
+    if first is not None:
+        assert ids[0] == first
+    else:
+        assert ids[0] != tokenizer.bos_token_id
+
+
+def test_siglip2_fixres_gets_a_gemma_tokenizer_when_random(caplog):
+    """SigLIP 2 FixRes says model type "siglip"; its 256,000-id text vocabulary (Gemma's) picks the tokenizer."""
+    info = msgspec.structs.replace(_info(model_type="siglip", random_weights=True), text_max_length=64,
+                                   text_padding="max_length")
+    with caplog.at_level(logging.WARNING):
+        spec = text_spec_for(resolve_model("google/siglip2-base-patch16-224", None, "dummy"), info)
+    assert spec.source == str(random_tokenizer_dir("gemma", 64)) and spec.pad_to_max_length and "gemma" in caplog.text
+    siglip = text_spec_for(resolve_model("google/siglip-base-patch16-224", None, "dummy"), info)
+    assert siglip.source == str(random_tokenizer_dir("siglip", 64))
