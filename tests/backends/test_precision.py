@@ -65,8 +65,12 @@ def test_probe_texts_end_in_the_end_of_text_token():
     assert (ids[mask == 0] == 0).all()
 
 
-def _fake_cpu(monkeypatch, flags: frozenset[str]) -> None:
+def _fake_cpu(monkeypatch, flags: frozenset[str], candidate_faster: bool = True) -> None:
+    """Fake the CPU flags, and the probe's clock: the float32 pass is read first and takes 1 s, the
+    candidate's timed pass 0.25 s (or 2 s). A tiny model's real timings would be a coin toss."""
     monkeypatch.setattr(precision, "host_flags", lambda: flags)
+    ticks = iter([0.0, 1.0, 10.0, 10.25 if candidate_faster else 12.0])
+    monkeypatch.setattr(torch_backend, "_clock", lambda: next(ticks))
 
 
 def _load(path, dtype: str = "auto"):
@@ -82,9 +86,19 @@ def test_auto_with_bf16_units_serves_bfloat16_within_the_parity_bound(monkeypatc
     backend = _load(tiny_model("vit"))
     assert backend.info.dtype == "bfloat16"
     assert backend.info.dtype_reason.startswith("bfloat16: CPU has avx512_bf16; probe min cosine 0.99")
+    assert backend.info.dtype_reason.endswith(", x4.0 faster than float32 on the probe batch")
     reference = _load(tiny_model("vit"), "float32")
     assert reference.info.dtype == "float32" and reference.info.dtype_reason == "float32: requested"
     assert min_cosine(reference.embed_images(_pixels()), backend.embed_images(_pixels())) >= PARITY_MIN_COSINE
+
+
+def test_bfloat16_that_is_not_faster_falls_back(monkeypatch, tiny_model):
+    _fake_cpu(monkeypatch, AMX, candidate_faster=False)
+    backend = _load(tiny_model("vit"))
+    assert backend.info.dtype == "float32"
+    assert backend.info.dtype_reason.startswith("float32: bfloat16 (CPU has amx_bf16) kept parity (min cosine 0.99")
+    assert backend.info.dtype_reason.endswith("but was not faster on the probe batch (2000.0 ms vs 1000.0 ms)")
+    assert all(p.dtype == torch.float32 for p in backend._embedder.parameters())
 
 
 def test_auto_without_bf16_units_is_float32(monkeypatch, tiny_model):
