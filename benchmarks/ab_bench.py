@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, Server, free_port, iei_command, image_file, machine_facts, save_report, vit_model  # noqa: E402
+from common import (  # noqa: E402  (a sibling module, not a package)
+    RESULTS, Server, free_port, iei_command, image_file, machine_facts, save_report, stop_servers_on_sigterm, vit_model,
+)
 from serving_bench import SCENARIOS  # noqa: E402
 from wrk_load import run_wrk  # noqa: E402
 
@@ -72,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny model, 1 round of 2 s runs (CI smoke)")
     p.add_argument("--out", type=Path, default=None, help="results basename (default benchmarks/results/ab-<scenario>)")
     args = p.parse_args(argv)
+    stop_servers_on_sigterm()
     spec = dict(SCENARIOS[args.scenario])
     kind = spec["model"]
     if args.quick:
