@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         args.out = RESULTS / f"ab-{args.scenario}"
     image = image_file(spec["image"])
     variants = {"A": [*spec.get("iei_args", []), *shlex.split(args.a)], "B": [*spec.get("iei_args", []), *shlex.split(args.b)]}
-    report: dict[str, Any] = {"meta": machine_facts(), "scenario": args.scenario, "title": spec["title"],
+    title = (f"{args.scenario}: {'vit-base-shaped' if kind == 'base' else 'tiny'} random ViT, "
+             f"{spec['image'][0]}x{spec['image'][1]} JPEG, {spec['connections']} connections")
+    report: dict[str, Any] = {"meta": machine_facts(), "scenario": args.scenario, "title": title,
                               "model": kind, "connections": spec["connections"], "image": image.name,
                               "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                               "variants": {k: {"flags": v, "runs": []} for k, v in variants.items()}}
