@@ -389,7 +389,7 @@ def _settle_precision(backend: TorchBackend, model: Any, choice: PrecisionChoice
     memory of both copies of the weights (the float32 tensors are kept until the verdict)."""
     inputs = _probe_inputs(backend, model.config)
     start = _clock()
-    reference = _probe(backend, inputs)  # warm: the dry run already ran float32
+    reference = _probe(backend, inputs)  # the dry run already paid float32's one-time costs
     seconds_reference = _clock() - start
     originals = _float_tensors(model)
     candidate = _DTYPES[choice.dtype]
