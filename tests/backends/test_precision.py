@@ -49,6 +49,16 @@ def test_explicit_dtypes_and_cuda_are_not_probed():
     assert choose("auto", "cuda", AMX).dtype == "float16" and not choose("auto", "cuda", AMX).probe
 
 
+def test_a_candidate_about_as_fast_as_float32_is_not_taken():
+    choice = choose("auto", "cpu", AMX)
+    assert precision.probe_verdict(choice, 0.99999, seconds=(1.0, 0.95)) == (False, (
+        "float32: bfloat16 (CPU has amx_bf16) kept parity (min cosine 0.999990) but was not x1.1 faster on the "
+        "probe batch (950.0 ms vs 1000.0 ms)"))
+    assert precision.probe_verdict(choice, 0.99999, seconds=(1.0, 0.5)) == (
+        True, "bfloat16: CPU has amx_bf16; probe min cosine 0.999990, x2.0 faster than float32 on the probe batch")
+    assert precision.probe_verdict(choice, 0.99999) == (True, "bfloat16: CPU has amx_bf16; probe min cosine 0.999990")
+
+
 def test_min_cosine():
     a = np.array([[1.0, 0.0], [0.0, 2.0]], dtype=np.float32)
     assert min_cosine(a, a * 3) == pytest.approx(1.0)
@@ -97,7 +107,7 @@ def test_bfloat16_that_is_not_faster_falls_back(monkeypatch, tiny_model):
     backend = _load(tiny_model("vit"))
     assert backend.info.dtype == "float32"
     assert backend.info.dtype_reason.startswith("float32: bfloat16 (CPU has amx_bf16) kept parity (min cosine 0.99")
-    assert backend.info.dtype_reason.endswith("but was not faster on the probe batch (2000.0 ms vs 1000.0 ms)")
+    assert backend.info.dtype_reason.endswith("but was not x1.1 faster on the probe batch (2000.0 ms vs 1000.0 ms)")
     assert all(p.dtype == torch.float32 for p in backend._embedder.parameters())
 
 
