@@ -62,10 +62,11 @@ def running_server(*args: str, env: dict[str, str] | None = None, log_dir: Path,
     require_slow_test()
     port = free_port()
     log_path = log_dir / f"server-{port}.log"
-    # IEI_DEVICE=cpu: the references are CPU float32 vectors, and on a GPU host `auto` would serve float16
-    # (a test's --device flag still wins over the environment). Each server its own batch-job database
-    # (unless the test names one): never the user's, never shared.
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "IEI_DEVICE": "cpu",
+    # IEI_DEVICE=cpu, IEI_DTYPE=float32: the references are CPU float32 vectors, and `auto` would serve float16
+    # on a GPU host, bfloat16 on a CPU with bf16 units (a test's --device/--dtype flag still wins over the
+    # environment). Each server its own batch-job database (unless the test names one): never the user's,
+    # never shared.
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "IEI_DEVICE": "cpu", "IEI_DTYPE": "float32",
                 "IEI_BATCH_DB": str(log_dir / f"batches-{port}.sqlite3"), **(env or {})}
     cmd = [sys.executable, "-m", "iei", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
     with open(log_path, "wb") as log_file:

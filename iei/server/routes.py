@@ -277,6 +277,7 @@ def build_route_handlers(state: AppState) -> list[HTTPRouteHandler]:
             image_formats=list(settings.image_format_names), decode_timeout_ms=settings.decode_timeout_ms,
             request_timeout_ms=settings.request_timeout_ms, allow_url_inputs=settings.allow_url_inputs,
             max_num_patches=model.max_num_patches, patch_size=model.patch_size,
+            model_dtype_reason=model.dtype_reason,
         )
 
     @get("/metrics", summary="Prometheus metrics", media_type="text/plain", responses=UNHEALTHY_RESPONSES)

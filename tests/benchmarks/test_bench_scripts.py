@@ -77,6 +77,31 @@ def test_serving_bench_quick(tmp_path):
 
 
 @pytest.mark.slow
+@needs_wrk
+def test_ab_bench_quick_records_both_variants_and_their_precision(tmp_path):
+    run_script("ab_bench.py", "--quick", "--a", "--dtype float32", "--b", "--dtype auto", "--out", str(tmp_path / "ab"))
+    report = json.loads((tmp_path / "ab.json").read_text())
+    a, b = (report["variants"][k] for k in "AB")
+    assert a["runs"][0]["info"]["model_dtype_reason"] == "float32: requested"
+    assert b["runs"][0]["info"]["model_dtype_reason"].startswith(("bfloat16: ", "float32: "))
+    assert a["median_img_per_s"] > 0 and b["median_img_per_s"] > 0
+    assert "| B | `--backend-threads 1 --dtype auto` |" not in (tmp_path / "ab.md").read_text()  # compute: no extra flags
+    assert "| B | `--dtype auto` |" in (tmp_path / "ab.md").read_text()
+
+
+def test_preprocess_bench_decoder_table_compares_with_the_exact_path():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import preprocess_bench
+    finally:
+        sys.path.remove(str(BENCH))
+    rows = {(r["image"], r["decoder"]): r for r in preprocess_bench.decoder_table(quick=True)}
+    assert rows[("1024x768", "pillow full")]["cosine"] == 1.0
+    draft = rows[("1024x768", "pillow draft (today)")]
+    assert draft["vs_draft"] == 1.0 and draft["decoded"] == "512x384" and draft["cosine"] >= 0.999
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["preprocess_bench.py", "backend_bench.py",
                                     pytest.param("compute_efficiency.py", marks=needs_wrk), "gpu_check.py",
                                     "naflex_bench.py", "overload_bench.py"])
