@@ -175,6 +175,7 @@ def test_a_precision_that_cannot_run_falls_back(monkeypatch, tiny_model):
     assert backend.info.dtype_reason.endswith("failed the parity probe: RuntimeError: no bf16 kernel for this op")
 
 
+@pytest.mark.slow  # it starts the app (the model process included)
 def test_info_reports_the_precision_and_why(monkeypatch, tiny_model):
     _fake_cpu(monkeypatch, AMX)
     _drift_in_bfloat16(monkeypatch, lambda model: model.layernorm)
