@@ -16,7 +16,7 @@
   it). It never binds the public port.
 - Each front end (`frontend_main`, a spawned process) binds the public port with its own socket
   (`SO_REUSEPORT`: the kernel spreads new connections over the sockets) and runs the usual routes with an
-  `EngineLink` in place of the engine. It rebalances: after 50 requests on one
+  `EngineLink` in place of the engine. It rebalances: after 25 requests on one
   keep-alive connection it answers with `connection: close`, so long-lived clients reconnect and are
   hashed afresh (plain SO_REUSEPORT spreads connections, not requests: with few long connections one front
   end can hold many more than another).

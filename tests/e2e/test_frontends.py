@@ -221,31 +221,41 @@ def test_batches_run_once_whichever_frontend_got_them(tiny_model, server_logs):
 
 
 async def test_load_spreads_evenly_over_frontends(tiny_model, server_logs):
-    """64 keep-alive clients: each front end serves its share of the requests (within 25 % of the mean)."""
+    """64 keep-alive clients: each front end serves its share of the requests (within 25 % of the mean), and
+    /metrics counts exactly the requests answered."""
     workers, per_client = 3, 150
     body = distinct_images(1)[0]
+    raced = []  # idle seconds before each request lost to the keep-alive race (see below)
     with frontend_server(tiny_model, server_logs, workers) as server:
-        limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
-        async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as client:
-            async def keep_posting() -> None:
+        async def keep_posting() -> None:
+            # A client of its own per connection: a shared pool, once some clients have finished, leaves
+            # connections idle long enough for uvicorn's keep-alive timeout (5 s) to close them.
+            async with httpx.AsyncClient(base_url=server.url, timeout=120,
+                                         limits=httpx.Limits(max_connections=1)) as client:
+                last = time.monotonic()
                 for _ in range(per_client):
-                    for attempt in range(3):
+                    while True:
+                        idle = time.monotonic() - last
                         try:
                             response = await client.post("/embed", content=body, headers={"content-type": "image/png"})
                             break
                         except (httpx.ReadError, httpx.RemoteProtocolError):
-                            # A keep-alive connection may be closed by the server (idle timeout on a loaded host)
-                            # just as the client reuses it: the benign race every HTTP client retries.
-                            assert attempt < 2
+                            # The known HTTP race, and only it: a connection idle for about the keep-alive
+                            # timeout, which the server closes just as the client reuses it (the request never
+                            # reached the app). Reproduced in benchmarks/results/frontends_link.md.
+                            assert idle > 4, f"a request failed on a connection idle {idle:.2f} s"
+                            raced.append(idle)
+                            last = time.monotonic()
+                    last = time.monotonic()
                     assert response.status_code == 200, response.text
 
-            await asyncio.gather(*(keep_posting() for _ in range(CLIENTS)))
-        wait_for(lambda: sum(frontend_requests(httpx.get(server.url + "/metrics").text).values())
-                 >= CLIENTS * per_client, "reports")
+        await asyncio.gather(*(keep_posting() for _ in range(CLIENTS)))
+        sent = CLIENTS * per_client
+        wait_for(lambda: sum(frontend_requests(httpx.get(server.url + "/metrics").text).values()) >= sent, "reports")
         counts = frontend_requests(httpx.get(server.url + "/metrics").text)
-        assert sum(counts.values()) >= CLIENTS * per_client and len(counts) == workers, counts
-        mean = sum(counts.values()) / workers
-        assert all(abs(count - mean) <= 0.25 * mean for count in counts.values()), counts
+    assert sum(counts.values()) == sent and len(counts) == workers, (counts, raced)
+    mean = sent / workers
+    assert all(abs(count - mean) <= 0.25 * mean for count in counts.values()), counts
 
 
 def test_texts_images_and_errors_cross_the_link(tiny_model, server_logs, seed_images):
