@@ -67,7 +67,8 @@ class _RemoteMetrics:
 
     def observe_request(self, route: str, outcome: str, total_s: float,
                         stages: tuple[float, float, float] | None) -> None:
-        self._link.send(Observed(route, outcome, total_s, stages))
+        # Not urgent: the report rides with the next call's frame (one system call less per request).
+        self._link.send(Observed(route, outcome, total_s, stages), urgent=False)
 
 
 class EngineLink:
@@ -160,9 +161,9 @@ class EngineLink:
 
     # -- the link -----------------------------------------------------------------------------
 
-    def send(self, message: msgspec.Struct) -> None:
+    def send(self, message: msgspec.Struct, urgent: bool = True) -> None:
         if self._writer is not None:
-            self._writer.send(_encode(message))
+            self._writer.send(_encode(message), urgent)
 
     def _call(self, call_id: int, message: msgspec.Struct) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
