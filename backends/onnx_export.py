@@ -173,6 +173,7 @@ def _save_graph(model: Any, path: Path) -> None:
     if _weight_bytes(model) > EXTERNAL_DATA_MIN_BYTES:
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=data.name, size_threshold=1024)
+        data.chmod(path.stat().st_mode & 0o777)  # onnx creates it private (0600); a cache entry may be shared
     else:
         onnx.save_model(model, str(path))
 
@@ -187,7 +188,7 @@ def _has_external_data(path: Path) -> bool:
 def _optimize(path: Path, level: str, model_type: str) -> bool:
     """ONNX Runtime's offline graph optimisation, in place; False where it was skipped. A graph stored with external
     data (weights past 2 GB) is left as exported: ORT's optimiser loads the whole graph into Python protobufs and
-    copies it, and on MetaCLIP 2's 2.8 GB text graph it went past 22 GB of memory (AIMv2-L's 1.4 GB text graph at
+    copies it, and on MetaCLIP 2's 2.8 GB text graph it went past 22 GB of memory (AIMv2-L's text graph at
     O2: past 12 GB); the session still applies ORT's own fusions when it loads the graph. O1: basic (constant folding, redundant nodes);
     O2: plus transformer fusions (LayerNorm, SkipLayerNorm, BiasGelu, Attention); O3: plus approximate
     GELU (FastGelu; drifts ~3e-4 from torch, hence not the default). Optimum's O-levels, applied through

@@ -186,8 +186,9 @@ def test_a_graph_past_two_gigabytes_is_exported_with_external_data_and_served(ti
     graphs = ("model.onnx", "text_model.onnx")
     assert sorted(manifest.files) == sorted((*graphs, *(g + "_data" for g in graphs)))
     assert sorted(p.name for p in out.iterdir() if "onnx" in p.name) == sorted(manifest.files)  # no trace leftovers
-    for graph in graphs:  # the graph file holds no weights
+    for graph in graphs:  # the graph file holds no weights; the data file is as readable as the graph
         assert (out / graph).stat().st_size < 100_000 < (out / (graph + "_data")).stat().st_size
+        assert (out / (graph + "_data")).stat().st_mode == (out / graph).stat().st_mode
     # ORT's offline optimiser is skipped for graphs with external data (memory), and the manifest says so
     assert manifest.optimize == "O2" and manifest.unoptimized == graphs
     assert manifest.check_max_abs_diff <= 1e-4
