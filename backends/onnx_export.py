@@ -23,6 +23,7 @@ Runs on the model process's main thread (or the `iei export` command); blocking,
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -267,19 +268,23 @@ def _save_processor(config: BackendConfig, out: Path, text: bool) -> None:
         AutoTokenizer.from_pretrained(config.model, revision=config.revision).save_pretrained(out)
 
 
-def _check(path: Path, module: Any, examples: list[dict[str, Any]]) -> tuple[int, float]:
-    """Run the final graph and torch on fixed example batches: (embedding_dim, max abs difference). Several
-    examples of different shapes catch a size the trace baked in."""
-    import onnxruntime as ort
+def _torch_outputs(module: Any, examples: list[dict[str, Any]]) -> list[np.ndarray]:
     import torch
+
+    with torch.inference_mode():
+        return [module(*example.values()).float().numpy() for example in examples]
+
+
+def _check(path: Path, examples: list[dict[str, Any]], wants: list[np.ndarray]) -> tuple[int, float]:
+    """Run the final graph on fixed example batches against torch's outputs on them (`_torch_outputs`):
+    (embedding_dim, max abs difference). Several examples of different shapes catch a size the trace baked in."""
+    import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     declared = {i.name for i in session.get_inputs()}  # an input the graph never reads is dropped by the trace
     diff, dim = 0.0, 0
-    for example in examples:
+    for example, want in zip(examples, wants):
         got = session.run([OUTPUT_NAME], {k: v.numpy() for k, v in example.items() if k in declared})[0]
-        with torch.inference_mode():
-            want = module(*example.values()).float().numpy()
         if got.shape != want.shape:
             raise ExportError(f"the exported graph returns shape {got.shape}, torch {want.shape}")
         diff, dim = max(diff, float(np.abs(got.astype(np.float32) - want).max())), int(got.shape[-1])
@@ -349,23 +354,28 @@ def export_model(config: BackendConfig, options: ExportOptions, out: str | os.Pa
     opset = options.opset or (_DIRECT_EXPORT_OPSET if direct else _onnx_config(hf_config, config.model).DEFAULT_ONNX_OPSET)
     isa, dims, diff, unoptimized = None, set(), 0.0, []
     try:
-        # Every graph is traced before any is optimised: the optimiser's memory is not all given back to the system,
-        # and measured on MetaCLIP 2 L/14, tracing the 3.1 GB text graph after O2 on the image graph passed 16 GB.
+        # Every graph is traced before any is optimised, and the torch model is released (its outputs on the check
+        # examples kept) before the optimiser and quantiser run: the optimiser's memory is not all given back to the
+        # system, and on MetaCLIP 2 L/14 (4.3 GB of weights), tracing the text graph after O2 on the image graph
+        # passed 16 GB, and O2 beside the torch model peaked at 14.2 GB.
         for module, file_name, examples in graphs:
             _export_graph(module, hf_config, config.model, examples[-1], out / file_name, opset)
-        for _, file_name, _ in graphs:
+        if patches:
+            np.save(out / POSITION_TABLE_FILE, position_table(embedder.model).float().numpy())
+        checks = [(file_name, examples, _torch_outputs(module, examples)) for module, file_name, examples in graphs]
+        del embedder, text_embedder, graphs, module
+        gc.collect()
+        for file_name, _, _ in checks:
             if not _optimize(out / file_name, options.optimize, hf_config.model_type):
                 unoptimized.append(file_name)
             if options.precision == "fp16":
                 _to_fp16(out / file_name)
-        if patches:
-            np.save(out / POSITION_TABLE_FILE, position_table(embedder.model).float().numpy())
         hf_config.save_pretrained(out)
-        _save_processor(config, out, text_embedder is not None)
-        for module, file_name, examples in graphs:
+        _save_processor(config, out, TEXT_MODEL_FILE in (name for name, _, _ in checks))
+        for file_name, examples, wants in checks:
             if options.precision == "int8":
                 isa = _quantize_int8(out, file_name)
-            dim, graph_diff = _check(out / file_name, module, examples)
+            dim, graph_diff = _check(out / file_name, examples, wants)
             dims.add(dim)
             diff = max(diff, graph_diff)
     except BackendError:
