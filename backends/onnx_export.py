@@ -13,7 +13,8 @@ config's image size: DINOv2 says 518 where its processor crops 224).
 Pipeline (all on the CPU, float32 trace): export -> graph optimisation (none | O1 | O2 | O3, ONNX
 Runtime's transformer optimiser) -> float16 copy (CUDA) or dynamic int8 quantisation (CPU, Optimum's
 config for the detected instruction set). The folder's layout, manifest and cache key are
-`backends.onnx_manifest`'s.
+`backends.onnx_manifest`'s. A graph whose weights pass 2 GB (protobuf's limit for one file) keeps them in one
+external-data file beside it (`EXTERNAL_DATA_MIN_BYTES`, `_save_graph`) and skips the offline optimiser (`_optimize`).
 
 Cache (`cached_export`): an entry is built in a temporary
 folder and renamed into place, so a crash never leaves a half-written entry under its final name; an
