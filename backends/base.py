@@ -23,7 +23,7 @@ class BackendConfig(msgspec.Struct, frozen=True, kw_only=True):
     # For `load_format="dummy"`: a local folder holding config.json (random weights are built from it).
     config_dir: str | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto | float32 | float16 | bfloat16
+    dtype: str = "auto"  # auto | float32 | float16 | bfloat16 (auto: backends.precision.choose)
     pooling: str | None = None  # None: the family's default
     num_threads: int = 0  # intra-op CPU threads; 0: the backend decides
     max_batch_size: int = 32  # largest batch the batcher will send (for warm-up and engine profiles)
@@ -54,6 +54,8 @@ class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
     backend: str  # torch | onnx | tensorrt
     device: str  # e.g. "cpu", "cuda:0"
     dtype: str  # e.g. "float32"
+    # Why this dtype, for the start log and /info, e.g. "bfloat16: CPU has amx_bf16; probe min cosine 0.999991"
+    dtype_reason: str | None = None
     pooling: str  # e.g. "mean"
     embedding_dim: int
     image_size: tuple[int, int]  # (height, width) of the pixel tensor the model takes

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import os
 import platform
-from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from backends.base import BackendError
+from backends.precision import cpu_flags
 
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 GPU_PACKAGE_HINT = "install onnxruntime-gpu (not onnxruntime) with a matching CUDA/cuDNN"
@@ -46,15 +46,7 @@ def cpu_isa(cpuinfo_path: str = "/proc/cpuinfo") -> str:
     machine = platform.machine().lower()
     if machine in ("arm64", "aarch64"):
         return "arm64"
-    try:
-        text = Path(cpuinfo_path).read_text()
-    except OSError:
-        return "avx2"
-    flags: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.partition(":")[2].split())
-            break
+    flags = cpu_flags(cpuinfo_path)
     if flags & {"avx512_vnni", "avx512vnni", "avx_vnni", "amx_int8"}:
         return "avx512_vnni"
     if {"avx512f", "avx512bw"} <= flags:

@@ -7,6 +7,7 @@ Driven from the batcher's model thread only; never called concurrently.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ from backends.pooling import (
     position_table, resolve_pooling, vision_config,
 )
 from backends.naflex import PositionEmbeddings, patch_mask
+from backends import precision
+from backends.precision import PrecisionChoice
 
 logger = logging.getLogger("iei.backends")
 
@@ -52,16 +55,15 @@ def _resolve_device(requested: str) -> torch.device:
     return device
 
 
-def _resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
-    """auto: float16 on CUDA, float32 on CPU. float16 on CPU is refused (slow and lossy there);
-    bfloat16 on CPU is allowed."""
-    if requested == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if requested not in _DTYPES:
+def _resolve_dtype(requested: str, device: torch.device) -> PrecisionChoice:
+    """What `requested` means on `device` (see `backends.precision.choose`): auto is float16 on CUDA; on
+    the CPU bfloat16 where it has bf16 units (probed against float32 at load), else float32. float16 on
+    CPU is refused (slow and lossy there); an explicit bfloat16 on CPU is allowed."""
+    if requested != "auto" and requested not in _DTYPES:
         raise BackendError(f"unknown dtype {requested!r}; use auto, float32, float16 or bfloat16")
     if requested == "float16" and device.type == "cpu":
         raise BackendError("dtype float16 is not supported on CPU; use float32 (or bfloat16)")
-    return _DTYPES[requested]
+    return precision.choose(requested, device.type, precision.host_flags() if device.type == "cpu" else frozenset())
 
 
 def _image_size(config: Any, override: tuple[int, int] | None = None) -> tuple[int, int]:
@@ -325,7 +327,8 @@ def load_torch_backend(config: BackendConfig) -> TorchBackend:
     """Load, place and dry-run the model described by `config` (blocking; seconds to minutes).
     Raises BackendError with a message naming the model and what went wrong."""
     device = _resolve_device(config.device)
-    dtype = _resolve_dtype(config.dtype, device)
+    choice = _resolve_dtype(config.dtype, device)
+    dtype = torch.float32 if choice.probe else _DTYPES[choice.dtype]  # a probed candidate is cast after the probe
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
     if config.load_format == "dummy":
@@ -354,6 +357,7 @@ def load_torch_backend(config: BackendConfig) -> TorchBackend:
         backend="torch",
         device=device_name,
         dtype=str(dtype).removeprefix("torch."),
+        dtype_reason=choice.reason,
         pooling=pooling,
         embedding_dim=0,  # known after the dry run below
         image_size=image_size,
@@ -370,9 +374,90 @@ def load_torch_backend(config: BackendConfig) -> TorchBackend:
     except Exception as e:
         raise BackendError(f"model {config.model!r} failed its first forward pass: {type(e).__name__}: {_short(e, 200)}") from e
     backend.info = msgspec.structs.replace(info, embedding_dim=embedding_dim)
+    if choice.probe:
+        _settle_precision(backend, model, choice)
+    info = backend.info
     logger.info("loaded %s (%s, %s, %s, pooling=%s, dim=%d, %s)", config.model, info.model_type, info.device, info.dtype,
                 pooling, embedding_dim, "+".join(info.modalities))
+    logger.info("precision %s", info.dtype_reason)
     return backend
+
+
+def _probe_inputs(backend: TorchBackend, hf_config: Any) -> tuple[tuple, tuple | None]:
+    """The fixed probe batches (`backends.precision`): (pixels, grids) and, for a dual encoder, (ids, mask):
+    its text tower gets its own probe."""
+    info = backend.info
+    blank, grids = blank_images(info, backend._num_channels, precision.PROBE_IMAGES)
+    texts = None
+    if backend._text_embedder is not None:
+        text = getattr(hf_config, "text_config", hf_config)
+        texts = precision.probe_texts(int(text.vocab_size), int(info.text_max_length or 16),
+                                      getattr(text, "eos_token_id", None))
+    return (precision.probe_images(blank.shape), grids), texts
+
+
+def _probe(backend: TorchBackend, inputs: tuple[tuple, tuple | None]) -> list[np.ndarray]:
+    images, texts = inputs
+    return [backend._forward(*images)] + ([backend.embed_texts(*texts)] if texts is not None else [])
+
+
+_clock = time.perf_counter  # the probe's timer (tests replace it: a tiny model's timings are a coin toss)
+
+
+def _settle_precision(backend: TorchBackend, model: Any, choice: PrecisionChoice) -> None:
+    """Cast `model` (loaded at float32) to `choice.dtype` if every probe vector stays within
+    `precision.PARITY_MIN_COSINE` of float32 and the warm probe pass is faster; otherwise put the float32
+    weights back. Updates `backend.info` (dtype, dtype_reason). Costs one float32 and two candidate probe
+    passes (the first candidate pass pays one-time kernel set-up, so the second is timed), and briefly the
+    memory of both copies of the weights (the float32 tensors are kept until the verdict)."""
+    inputs = _probe_inputs(backend, model.config)
+    start = _clock()
+    reference = _probe(backend, inputs)  # the dry run already paid float32's one-time costs
+    seconds_reference = _clock() - start
+    originals = _float_tensors(model)
+    candidate = _DTYPES[choice.dtype]
+    model.to(dtype=candidate)
+    backend._dtype = candidate
+    failure, cosine, seconds = None, -1.0, None
+    try:
+        cosine = min(precision.min_cosine(a, b) for a, b in zip(reference, _probe(backend, inputs)))
+        if cosine >= precision.PARITY_MIN_COSINE:
+            start = _clock()
+            _probe(backend, inputs)
+            seconds = (seconds_reference, _clock() - start)
+    except Exception as e:  # a kernel missing at this precision is a reason to fall back, not to fail
+        failure = f"{type(e).__name__}: {_short(e, 200)}"
+    keep, reason = precision.probe_verdict(choice, cosine, failure, seconds)
+    if keep:
+        backend.info = msgspec.structs.replace(backend.info, dtype=choice.dtype, dtype_reason=reason)
+        return
+    _restore_tensors(model, originals)
+    backend._dtype = torch.float32
+    backend.info = msgspec.structs.replace(backend.info, dtype="float32", dtype_reason=reason)
+    logger.warning("precision: %s", reason)
+
+
+def _float_tensors(model: Any) -> list[tuple[Any, str, bool, torch.Tensor]]:
+    """(module, name, is_parameter, tensor) for every floating-point parameter and buffer, so the exact
+    float32 values can be put back after a cast (a bf16 -> float32 cast would not restore them)."""
+    held = []
+    for module in model.modules():
+        for name, param in module._parameters.items():
+            if param is not None and param.is_floating_point():
+                held.append((module, name, True, param.data))
+        for name, buffer in module._buffers.items():
+            if buffer is not None and buffer.is_floating_point():
+                held.append((module, name, False, buffer))
+    return held
+
+
+def _restore_tensors(model: Any, held: list[tuple[Any, str, bool, torch.Tensor]]) -> None:
+    with torch.no_grad():
+        for module, name, is_parameter, tensor in held:
+            if is_parameter:
+                module._parameters[name].data = tensor
+            else:
+                module._buffers[name] = tensor
 
 
 

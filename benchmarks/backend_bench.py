@@ -1,8 +1,9 @@
 """In-process throughput of the model backends: images/s per backend x precision x batch size.
 
 vit-base shape (`ViTConfig()`, the catalog's google/vit-base-patch16-224, random weights) on uint8
-(B, 3, 224, 224) pixels through `backend.embed_images`, for torch fp32, ONNX Runtime fp32 (O2) and ONNX
-Runtime dynamic int8. Every (config, batch) is measured in fresh subprocesses `--runs` times (int8 speed
+(B, 3, 224, 224) pixels through `backend.embed_images`, for torch fp32, torch bf16 (`--dtype bfloat16`; what
+`--dtype auto` picks on a CPU with bf16 units), ONNX Runtime fp32 (O2) and ONNX Runtime dynamic int8
+(ONNX Runtime's CPU provider has no bfloat16 path for these graphs on x86). Every (config, batch) is measured in fresh subprocesses `--runs` times (int8 speed
 varies between processes) and the median is reported, with FLOP utilisation against this machine's fp32
 GEMM peak, measured by the same script in the same run (torch matmul loop). ViT-B/16 at 224 is 35.1
 GFLOP per image.
@@ -32,7 +33,8 @@ sys.path.insert(0, str(ROOT))
 VIT_BASE = "google/vit-base-patch16-224"
 GFLOP_PER_IMAGE = {"vit-base": 35.1}
 CONFIGS = {  # name -> (backend, BackendConfig overrides)
-    "torch fp32": ("torch", {}),
+    "torch fp32": ("torch", {"dtype": "float32"}),  # explicit: `auto` is bfloat16 on a CPU with bf16 units
+    "torch bf16": ("torch", {"dtype": "bfloat16"}),
     "onnx fp32": ("onnx", {"onnx_optimize": "O2"}),
     "onnx int8": ("onnx", {"quantize": "int8"}),
 }

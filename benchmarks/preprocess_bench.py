@@ -8,6 +8,13 @@ bilinear) and a ConvNeXt-style spec (shortest edge 256, centre crop 224, bicubic
     python benchmarks/preprocess_bench.py            # full run, writes benchmarks/results/preprocess.{json,md}
     python benchmarks/preprocess_bench.py --quick    # ~2 s smoke run (CI); writes only with --out
 
+A second table compares JPEG decoders per core (this one process): Pillow full decode, Pillow `draft`
+(today's path), simplejpeg (`min_height`/`min_width`, libjpeg-turbo's M/8 scaled decode) and PyTurboJPEG
+(scaling 1/2, 1/4, 1/8), each followed by the same Pillow bilinear resize to 224x224, timed round-robin
+(interleaved, so background load hits every decoder alike), with the uint8 tensor compared to the exact
+path's. simplejpeg and PyTurboJPEG are optional (`pip install simplejpeg 'pyturbojpeg<2'`, and Debian's
+`libturbojpeg0`); a decoder that is missing is listed as such.
+
 Reports the median of several repeats; never asserts a speed.
 """
 
@@ -79,6 +86,86 @@ def images_per_second(payload: str, spec: PreprocessSpec, iterations: int, repea
     return statistics.median(rates)
 
 
+# -- decoders, per core -------------------------------------------------------------------------------
+
+
+def _pillow(data: bytes, need: tuple[int, int] | None) -> np.ndarray:
+    image = Image.open(io.BytesIO(data))
+    if need is not None:
+        image.draft("RGB", need)
+    return np.asarray(image.convert("RGB"))
+
+
+def decoders() -> dict[str, object]:
+    """name -> decode(data, (need_w, need_h)) -> HWC uint8 at no less than `need` where it downscales,
+    or a string saying why the decoder is unavailable."""
+    found: dict[str, object] = {"pillow full": lambda data, need: _pillow(data, None),
+                                "pillow draft (today)": _pillow}
+    try:
+        import simplejpeg
+
+        found["simplejpeg min_factor scaled"] = lambda data, need: simplejpeg.decode_jpeg(
+            data, "RGB", min_width=need[0], min_height=need[1])
+        found["simplejpeg fastdct+fastupsample"] = lambda data, need: simplejpeg.decode_jpeg(
+            data, "RGB", fastdct=True, fastupsample=True, min_width=need[0], min_height=need[1])
+    except ImportError as e:
+        found["simplejpeg"] = f"not installed ({e})"
+    try:
+        import turbojpeg
+
+        jpeg = turbojpeg.TurboJPEG()
+
+        def turbo(data: bytes, need: tuple[int, int]) -> np.ndarray:
+            width, height, _, _ = jpeg.decode_header(data)
+            factor = next(f for f in (8, 4, 2, 1) if f == 1 or (width // f >= need[0] and height // f >= need[1]))
+            return jpeg.decode(data, pixel_format=turbojpeg.TJPF_RGB, scaling_factor=(1, factor))
+
+        found["pyturbojpeg 1/2,1/4,1/8"] = turbo
+    except (ImportError, RuntimeError, OSError) as e:
+        found["pyturbojpeg"] = f"not available ({e})"
+    return found
+
+
+def decoder_table(quick: bool) -> list[dict]:
+    """Per-core decode + resize to 224x224 (bilinear) for each decoder, interleaved; parity to the exact path."""
+    size = (224, 224)
+    rows = []
+    rounds = 1 if quick else 7
+    for size_name, (w, h) in SIZES.items():
+        jpeg = synthetic_photo(w, h, seed=w)
+        iterations = 1 if quick else (20 if w <= 1024 else 3)
+        exact = np.asarray(Image.fromarray(_pillow(jpeg, None)).resize(size, Image.BILINEAR), dtype=np.float64)
+        available = {k: v for k, v in decoders().items() if callable(v)}
+        times: dict[str, list[float]] = {k: [] for k in available}
+        outputs = {k: np.asarray(Image.fromarray(fn(jpeg, size)).resize(size, Image.BILINEAR))  # type: ignore[operator]
+                   for k, fn in available.items()}
+        for _ in range(rounds):
+            for name, fn in available.items():
+                start = time.perf_counter()
+                for _ in range(iterations):
+                    Image.fromarray(fn(jpeg, size)).resize(size, Image.BILINEAR)  # type: ignore[operator]
+                times[name].append((time.perf_counter() - start) / iterations)
+        for name, value in decoders().items():
+            if not callable(value):
+                rows.append({"image": size_name, "decoder": name, "unavailable": value})
+                continue
+            got = outputs[name].astype(np.float64)
+            # on the normalised scale of a mean 0.5 / std 0.5 model (ViT): 2/255 per uint8 step
+            mean_abs = float(np.abs(got - exact).mean() * 2 / 255)
+            a, b = (exact / 127.5 - 1).ravel(), (got / 127.5 - 1).ravel()
+            cosine = float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+            ms = statistics.median(times[name]) * 1000
+            rows.append({"image": size_name, "decoder": name, "ms": round(ms, 2), "img_s": round(1000 / ms, 1),
+                         "decoded": "x".join(map(str, available[name](jpeg, size).shape[1::-1])),  # type: ignore[operator]
+                         "mean_abs_diff": round(mean_abs, 4), "cosine": round(cosine, 6)})
+            print(f"{size_name:18} {name:34} {ms:7.2f} ms  mean|d| {mean_abs:.4f}  cos {cosine:.6f}")
+    draft = {r["image"]: r["ms"] for r in rows if r["decoder"] == "pillow draft (today)"}
+    for r in rows:
+        if "ms" in r:
+            r["vs_draft"] = round(draft[r["image"]] / r["ms"], 2)
+    return rows
+
+
 def environment() -> dict:
     def git(*args: str) -> str | None:
         try:
@@ -125,6 +212,9 @@ def run(quick: bool) -> dict:
                      "jpeg_quality": 90},
         "environment": environment(),
         "results": rows,
+        "decoders": decoder_table(quick),
+        "decoder_settings": {"rounds": 1 if quick else 7, "statistic": "median over interleaved rounds",
+                             "resize": "Pillow bilinear to 224x224 after decoding"},
     }
 
 
@@ -150,6 +240,20 @@ def markdown(report: dict) -> str:
     lines += ["", "Exact = `draft=False` (bit-exact with transformers' slow processor); draft = JPEG DCT-domain "
               "downscale by 2/4/8 to no less than the resize size (mean abs diff < 0.02 on the normalised "
               "tensor, cosine ≥ 0.999; see tests/preprocess/test_image_parity.py).", ""]
+    lines += ["## JPEG decoders, per core", "",
+              "Decode, then the same Pillow bilinear resize to 224x224, in this one process (one core); decoders timed "
+              "round-robin, median of the rounds. Parity against the exact path (full decode + resize) on the "
+              "normalised scale of a mean/std 0.5 model: today's draft path is held to mean abs diff < 0.02 and "
+              "cosine ≥ 0.999.", "",
+              "| image | decoder | decoded at | ms | img/s | vs Pillow draft | mean abs diff | cosine |",
+              "|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in report.get("decoders", []):
+        if "unavailable" in r:
+            lines.append(f"| {r['image']} | {r['decoder']} | {r['unavailable']} | | | | | |")
+        else:
+            lines.append(f"| {r['image']} | {r['decoder']} | {r['decoded']} | {r['ms']} | {r['img_s']} | ×{r['vs_draft']} "
+                         f"| {r['mean_abs_diff']} | {r['cosine']} |")
+    lines.append("")
     return "\n".join(lines)
 
 

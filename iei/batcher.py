@@ -25,7 +25,7 @@ from typing import Callable, NamedTuple, Protocol
 
 import numpy as np
 
-from iei.errors import BackendFailed, Unhealthy
+from iei.errors import BATCH_FAILED, BackendFailed, Unhealthy
 
 log = logging.getLogger("iei.batcher")
 
@@ -47,14 +47,18 @@ class Embedded(NamedTuple):
 class BatchObserver(Protocol):
     def on_batch(self, size: int, inference_s: float, ok: bool) -> None: ...
 
+    def on_batch_sources(self, sources: int) -> None:
+        """How many sources (HTTP front ends) the images of a batch came from."""
+
 
 class _Entry:
-    __slots__ = ("slot", "future", "queued_at")
+    __slots__ = ("slot", "future", "queued_at", "source")
 
-    def __init__(self, slot: int, future: asyncio.Future, queued_at: float) -> None:
+    def __init__(self, slot: int, future: asyncio.Future, queued_at: float, source: int) -> None:
         self.slot = slot
         self.future = future
         self.queued_at = queued_at
+        self.source = source
 
 
 class DynamicBatcher:
@@ -111,15 +115,16 @@ class DynamicBatcher:
         self._online_busy = busy
         self._wakeup.set()
 
-    def submit(self, slot: int, *, background: bool = False) -> asyncio.Future:
+    def submit(self, slot: int, *, background: bool = False, source: int = 0) -> asyncio.Future:
         """Queue a filled slot; the slot is now the batcher's. The future resolves to `Embedded`.
         Cancel the future to drop the image if it has not reached the model yet. `background`: the
-        low-priority lane of background jobs."""
+        low-priority lane of background jobs. `source`: where the image came from (the HTTP front end's
+        index), only counted: one batcher serves every front end."""
         if not self.alive:
             self._release_slot(slot)
             raise Unhealthy("the batcher is not running")
         future = asyncio.get_running_loop().create_future()
-        (self._background if background else self._queue).append(_Entry(slot, future, time.monotonic()))
+        (self._background if background else self._queue).append(_Entry(slot, future, time.monotonic(), source))
         self._wakeup.set()
         return future
 
@@ -203,6 +208,8 @@ class DynamicBatcher:
         if not self._handed_over:
             self._running_since = time.monotonic()
         self._handed_over.append(len(batch))
+        if self._observer is not None and hasattr(self._observer, "on_batch_sources"):
+            self._observer.on_batch_sources(len({entry.source for entry in batch}))
         running = self._run_batch([entry.slot for entry in batch])
         running.add_done_callback(lambda done: self._scatter(batch, done))
 
@@ -240,7 +247,7 @@ class DynamicBatcher:
         self.backend_ok = False
         if not isinstance(error, BackendFailed):
             log.error("running a batch failed unexpectedly", exc_info=error)
-            error = BackendFailed("the model failed on this batch")
+            error = BackendFailed(BATCH_FAILED)
         for entry in batch:
             if not entry.future.done():
                 entry.future.set_exception(BackendFailed(error.message))

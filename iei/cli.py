@@ -101,6 +101,10 @@ def serve(settings: Settings) -> int:
     except (BackendError, ValueError, OSError) as e:
         log.error("cannot start: %s", e)
         return 2
+    if settings.frontends > 1:  # N HTTP processes feeding this one (iei.server.frontends)
+        from iei.server.frontends import serve_with_frontends
+
+        return serve_with_frontends(settings, engine)
     from iei.server import create_app
     from iei.server.runner import run_server
 

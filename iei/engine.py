@@ -1,6 +1,6 @@
 """EmbeddingEngine: the embedding service as a library object (no HTTP).
 
-Flow per image: admission -> slot -> PreprocessPool (worker process) -> DynamicBatcher -> model
+Flow per image: admission (`iei.admission`) -> slot -> PreprocessPool (worker process) -> DynamicBatcher -> model
 runner (the backend in its model process) -> vector. Images of one request flow independently, so a large request
 spans batches and keeps every stage busy. Texts (CLIP, SigLIP) take the same path with token ids instead of a
 slot, through a second DynamicBatcher, so a model call never mixes texts and images.
@@ -18,29 +18,24 @@ from typing import Literal, NamedTuple
 import msgspec
 import numpy as np
 
+from iei.admission import Admission
+from iei.background_lane import BackgroundLane, background_slots
 from iei.batcher import DynamicBatcher, Embedded
 from iei.config import Settings
-from iei.errors import (
-    EmptyInput,
-    IEIError,
-    InputError,
-    Overloaded,
-    Unhealthy,
-    ValidationFailed,
-)
+from iei.errors import EmptyInput, IEIError, InputError, Unhealthy, ValidationFailed
+from iei.health import Health
 from iei.metrics import Metrics
 from iei.models import has_text_tower
 from iei.model_runner import ModelProcess, ModelRunner
 from iei.preprocess.pool import PreprocessPool, start_worker_server
 from iei.preprocess.spec import PreprocessSpec
 from iei.preprocess.text import TextSpec, pad_tokens
-from iei.url_inputs import UrlFetcher, looks_like_url
+from iei.url_inputs import UrlFetcher, resolve_payload
 
 log = logging.getLogger("iei.engine")
 
 Encoding = Literal["base64", "raw"]
 
-_PROBE_TIMEOUT_S = 10.0
 _LAST_BATCH_FAILED = "the model failed on its last batch"
 
 
@@ -70,12 +65,6 @@ def slots_for(settings: Settings) -> int:
     return 2 * settings.max_batch_size + 4 * settings.workers + background_slots(settings)
 
 
-def background_slots(settings: Settings) -> int:
-    """Background-job images in flight at once: enough to keep the background workers busy, few
-    enough that job batches stay small (an online image may wait for one). 0 without jobs."""
-    return min(settings.max_batch_size, 2 * settings.batch_job_workers) if settings.batch_jobs else 0
-
-
 def with_input_limits(spec: PreprocessSpec, settings: Settings) -> PreprocessSpec:
     """The model's preprocessing with the server's input limits (the workers enforce them)."""
     return msgspec.structs.replace(spec, max_image_pixels=settings.max_image_pixels,
@@ -84,6 +73,10 @@ def with_input_limits(spec: PreprocessSpec, settings: Settings) -> PreprocessSpe
 
 
 class EmbeddingEngine:
+    """The pieces (pool, batchers, model runner) and the seams between them: admission (`iei.admission`),
+    health (`iei.health`), URL inputs (`iei.url_inputs`) and the background lane (`iei.background_lane`)
+    live in modules of their own; this class wires them and runs the per-image flow."""
+
     def __init__(self, settings: Settings, model: ModelRunner, spec: PreprocessSpec,
                  text_spec: TextSpec | None = None) -> None:
         self.settings = settings
@@ -98,13 +91,24 @@ class EmbeddingEngine:
         self.text_batcher = self._new_batcher(self._run_texts, _no_slot) if text_spec is not None else None
         self.fetcher = UrlFetcher(allowlist=settings.url_allowlist_networks, max_bytes=settings.url_max_bytes,
                                   timeout_s=settings.url_timeout_ms / 1000) if settings.allow_url_inputs else None
-        self.inflight_images = 0  # admitted and not yet answered
-        self.online_idle = asyncio.Event()  # set while no request is in flight: background jobs run then
-        self.online_idle.set()
+        self.admission = Admission(settings.max_concurrent_requests, self.batcher.set_online_busy)
+        self.background = BackgroundLane(self.pool, self.batcher, self._fetched, self._refusal)
         self.ready = False
         self.draining = False  # shutting down: admit nothing new, finish what is admitted
-        self._probe: asyncio.Future | None = None
-        self.metrics.watch(queue_size=lambda: self.batcher.queue_size, inflight=lambda: self.inflight_images)
+        self.health = Health(probe=self._run_probe, probe_when=_LAST_BATCH_FAILED)
+        for check in (self._lifecycle_problem, self._pipeline_problem):
+            self.health.add_check(check)
+        self.metrics.watch(queue_size=lambda: self.batcher.queue_size, inflight=lambda: self.admission.inflight)
+
+    @property
+    def inflight_images(self) -> int:
+        """Images admitted and not yet answered."""
+        return self.admission.inflight
+
+    @property
+    def online_idle(self) -> asyncio.Event:
+        """Set while no request is in flight: background jobs run then."""
+        return self.admission.idle
 
     def _new_batcher(self, run_batch, release_slot) -> DynamicBatcher:
         return DynamicBatcher(run_batch, release_slot, max_batch_size=self.settings.max_batch_size,
@@ -152,15 +156,12 @@ class EmbeddingEngine:
             await self.fetcher.close()
 
     async def health_problem_after_probe(self) -> str | None:
-        """Like `health_problem`, but after a failed batch run one tiny probe batch first, so health
-        recovers on its own once the model answers again (with no traffic, nothing else would tell)."""
-        problem = self.health_problem()
-        if problem != _LAST_BATCH_FAILED:
-            return problem
-        if self._probe is None or self._probe.done():
-            self._probe = asyncio.ensure_future(self._run_probe())
-        await asyncio.wait({self._probe}, timeout=_PROBE_TIMEOUT_S)
-        return self.health_problem()
+        """`health_problem`, after one probe batch if the last batch failed (see `iei.health`)."""
+        return await self.health.problem_after_probe()
+
+    def health_problem(self) -> str | None:
+        """None when healthy, else what is wrong (safe to show a client)."""
+        return self.health.problem()
 
     async def _run_probe(self) -> None:
         slot = await self.pool.acquire_slot()
@@ -172,12 +173,14 @@ class EmbeddingEngine:
         except IEIError:
             pass  # still failing: health stays 503
 
-    def health_problem(self) -> str | None:
-        """None when healthy, else what is wrong (safe to show a client)."""
+    def _lifecycle_problem(self) -> str | None:
         if self.draining:
             return "the server is shutting down"
         if not self.ready:
             return "the model is not loaded yet"
+        return None
+
+    def _pipeline_problem(self) -> str | None:
         if not all(b.alive for b in self._batchers):
             return "the batcher stopped"
         if not self.model.alive:
@@ -188,31 +191,37 @@ class EmbeddingEngine:
             return "no preprocessing worker is running"
         return None
 
+    def _refusal(self) -> IEIError | None:
+        """Why nothing may be admitted now (shutting down, not loaded), or None."""
+        if self.draining:
+            return Unhealthy("the server is shutting down; retry")
+        if not self.ready:
+            return Unhealthy("the model is not ready")
+        return None
+
     # -- embedding ----------------------------------------------------------------------------
 
     def check_request(self, count: int, dimensions: int | None, field: str = "inputs") -> None:
         """Cheap validation before any work (raises EmptyInput / ValidationFailed)."""
-        if count == 0:
-            raise EmptyInput(f"`{field}` cannot be empty")
-        limit = self.settings.max_client_batch_size
-        if count > limit:
-            raise ValidationFailed(f"`{field}` has {count} inputs; the limit is {limit} (max_client_batch_size)")
-        dim = self.model.info.embedding_dim
-        if dimensions is not None and not 1 <= dimensions <= dim:
-            raise ValidationFailed(f"`dimensions` must be between 1 and {dim}, got {dimensions}")
+        check_request(self.settings, self.model.info.embedding_dim, count, dimensions, field)
+
+    async def render_metrics(self) -> bytes:
+        """The Prometheus text of the one registry."""
+        return self.metrics.render()
 
     async def embed(self, images: Sequence[ImagePayload], *, normalize: bool = True,
                     dimensions: int | None = None, field: str = "inputs",
-                    positions: Sequence[int] | None = None) -> EmbedResult:
+                    positions: Sequence[int] | None = None, source: int = 0) -> EmbedResult:
         """Embed images in input order. Raises the errors of `iei.errors`; an error about one image
         names it `{field}[{positions[i]}]` (positions default to 0, 1, ...: a request that mixes
-        images and texts in one list passes where each image sits in it)."""
+        images and texts in one list passes where each image sits in it). `source`: the HTTP front end
+        the request came from (counted in the batch metrics)."""
         return await self._embed_all(images, self._embed_one, normalize, dimensions, field,
-                                     self.metrics.images_embedded, positions)
+                                     self.metrics.images_embedded, positions, source)
 
     async def embed_texts(self, texts: Sequence[str], *, normalize: bool = True,
                           dimensions: int | None = None, field: str = "inputs",
-                          positions: Sequence[int] | None = None) -> EmbedResult:
+                          positions: Sequence[int] | None = None, source: int = 0) -> EmbedResult:
         """Embed texts in input order, into the image embeddings' space (CLIP, SigLIP). Raises
         ValidationFailed for an image-only model, and the errors of `iei.errors` (naming inputs as `embed` does)."""
         if self.text_batcher is None:
@@ -220,24 +229,22 @@ class EmbeddingEngine:
                 f"model {self.settings.model!r} embeds images only (pooling {self.model.info.pooling!r}): text needs a "
                 "CLIP or SigLIP model with its default pooling")
         return await self._embed_all(texts, self._embed_text, normalize, dimensions, field,
-                                     self.metrics.texts_embedded, positions)
+                                     self.metrics.texts_embedded, positions, source)
 
     async def _embed_all(self, items: Sequence, embed_one, normalize: bool, dimensions: int | None,
-                         field: str, counter, positions: Sequence[int] | None) -> EmbedResult:
+                         field: str, counter, positions: Sequence[int] | None, source: int = 0) -> EmbedResult:
         self.check_request(len(items), dimensions, field)
-        self._admit(len(items))
+        self.admission.admit(len(items), self._refusal())
         places = range(len(items)) if positions is None else positions
         try:
             start = time.perf_counter()
             if len(items) == 1:
-                results = [await embed_one(items[0], places[0], field, start)]
+                results = [await embed_one(items[0], places[0], field, start, source)]
             else:
-                results = await all_or_nothing([embed_one(item, place, field, start)
+                results = await all_or_nothing([embed_one(item, place, field, start, source)
                                                  for item, place in zip(items, places)])
         finally:
-            self.inflight_images -= len(items)
-            if self.inflight_images == 0:
-                self._set_online_busy(False)
+            self.admission.release(len(items))
         vectors = finish_vectors(np.stack([r[0].vector for r in results]), normalize, dimensions)
         timings = Timings(
             max(r[1] for r in results),
@@ -247,27 +254,8 @@ class EmbeddingEngine:
         counter.inc(len(items))
         return EmbedResult(vectors, timings)
 
-    def _admit(self, count: int) -> None:
-        limit = self.settings.max_concurrent_requests
-        if self.inflight_images + count > limit:
-            raise Overloaded(f"the server is at capacity ({limit} images in flight); retry shortly")
-        if self.draining:
-            raise Unhealthy("the server is shutting down; retry")
-        if not self.ready:
-            raise Unhealthy("the model is not ready")
-        if self.inflight_images == 0:
-            self._set_online_busy(True)
-        self.inflight_images += count
-
-    def _set_online_busy(self, busy: bool) -> None:
-        """Requests in flight or not: background jobs start images (runner) and batches (batcher) only when not."""
-        if busy:
-            self.online_idle.clear()
-        else:
-            self.online_idle.set()
-        self.batcher.set_online_busy(busy)
-
-    async def _embed_one(self, image: ImagePayload, index: int, field: str, start: float) -> tuple[Embedded, float]:
+    async def _embed_one(self, image: ImagePayload, index: int, field: str, start: float,
+                         source: int) -> tuple[Embedded, float]:
         try:
             data, encoding = await self._fetched(image)
             slot = await self.pool.acquire_slot()
@@ -275,38 +263,38 @@ class EmbeddingEngine:
         except InputError as e:
             raise e.at(index, field) from None
         preprocess_s = time.perf_counter() - start
-        future = self.batcher.submit(slot)
+        future = self.batcher.submit(slot, source=source)
         return await future, preprocess_s
 
-    async def _embed_text(self, text: str, index: int, field: str, start: float) -> tuple[Embedded, float]:
+    async def _embed_text(self, text: str, index: int, field: str, start: float,
+                          source: int) -> tuple[Embedded, float]:
         try:
             token_ids = await self.pool.tokenize(text)
         except InputError as e:
             raise e.at(index, field) from None
         preprocess_s = time.perf_counter() - start
-        return await self.text_batcher.submit(token_ids), preprocess_s  # type: ignore[union-attr]
+        return await self.text_batcher.submit(token_ids, source=source), preprocess_s  # type: ignore[union-attr]
 
 
     async def embed_in_background(self, image: ImagePayload) -> np.ndarray:
-        """One image of a background job (`iei.jobs`), at low priority all the way: decoded by the
-        pool's background worker (nice 19; a request never waits behind it) and batched in the
-        batcher's low-priority lane. Not counted against `max_concurrent_requests`: the job runner
-        bounds its own images. Returns the raw float32 (D,) vector. Raises InputError (without an
-        index), BackendFailed, PreprocessWorkerDied or Unhealthy."""
-        if self.draining or not self.ready:
-            raise Unhealthy("the server is shutting down")
-        data, encoding = await self._fetched(image)
-        slot = await self.pool.acquire_slot()
-        await self.pool.prepare(data, encoding, slot, background=True)
-        return (await self.batcher.submit(slot, background=True)).vector
+        """One image of a background job, at low priority all the way (`iei.background_lane`)."""
+        return await self.background.embed(image)
 
     async def _fetched(self, image: ImagePayload) -> tuple[bytes | str, Encoding]:
         """The image itself: a URL input is fetched (before a slot is taken: a slow server must not hold one)."""
-        if image.encoding != "base64" or not isinstance(image.data, str) or not looks_like_url(image.data):
-            return image.data, image.encoding
-        if self.fetcher is None:
-            raise InputError("URL inputs are disabled on this server (it must be started with --allow-url-inputs)")
-        return await self.fetcher.fetch(image.data), "raw"
+        return await resolve_payload(image.data, image.encoding, self.fetcher)
+
+
+def check_request(settings: Settings, embedding_dim: int, count: int, dimensions: int | None, field: str) -> None:
+    """Cheap validation of a request's shape before any work (raises EmptyInput / ValidationFailed); the HTTP
+    front ends run it too, before forwarding a request to the engine."""
+    if count == 0:
+        raise EmptyInput(f"`{field}` cannot be empty")
+    limit = settings.max_client_batch_size
+    if count > limit:
+        raise ValidationFailed(f"`{field}` has {count} inputs; the limit is {limit} (max_client_batch_size)")
+    if dimensions is not None and not 1 <= dimensions <= embedding_dim:
+        raise ValidationFailed(f"`dimensions` must be between 1 and {embedding_dim}, got {dimensions}")
 
 
 def finish_vectors(vectors: np.ndarray, normalize: bool, dimensions: int | None) -> np.ndarray:

@@ -68,6 +68,11 @@ class NotSupported(IEIError):
     error_type = "NotImplemented"
 
 
+# What a client is told when the model raised on its batch; the runtime's own text is logged instead
+# (it can hold paths, shapes or driver details). The HTTP layer adds the request id.
+BATCH_FAILED = "the model failed on the batch holding this request's inputs; the server log has the details"
+
+
 class BackendFailed(IEIError):
     """The model failed on the batch this request was in."""
 

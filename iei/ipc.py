@@ -94,3 +94,25 @@ class FrameReader:
 
     def close(self) -> None:
         self._sock.close()
+
+
+class FrameWriter:
+    """Frames for one transport, coalesced: the frames of one loop iteration go out in one write (one
+    system call), as the pool does for its workers. Owner: the event loop."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._outbox: list[bytes] = []
+
+    def send(self, frame: bytes) -> None:
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outbox.append(frame)
+
+    def _flush(self) -> None:
+        frames, self._outbox = self._outbox, []
+        if not self._transport.is_closing():
+            send_frames(self._transport, frames)
+
+    def close(self) -> None:
+        self._transport.close()

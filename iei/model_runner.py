@@ -21,8 +21,11 @@ import numpy as np
 
 from backends import Backend, BackendError, ModelInfo
 from iei.config import Settings
-from iei.errors import BackendFailed
+from iei.errors import BATCH_FAILED, BackendFailed
 from iei.ipc import connect, send_frame
+from iei.messages import (
+    AttachSlab, BatchDone, ModelLoadFailed, ModelReady, ModelToServer, RunImages, RunTexts,
+)
 from iei.model_host import host_main
 from iei.preprocess.spec import PreprocessSpec
 from iei.preprocess.text import TextSpec
@@ -31,6 +34,7 @@ from iei.slab import Slab
 log = logging.getLogger("iei.model")
 
 _LOAD_TIMEOUT_S = 1800.0  # a first download of a large model can be slow
+_decode_from_model = msgspec.msgpack.Decoder(ModelToServer).decode
 
 
 class BatchResult(NamedTuple):
@@ -84,8 +88,9 @@ class ThreadRunner:
         started = time.monotonic()
         try:
             vectors = embed(*arrays)
-        except BackendError as e:
-            raise BackendFailed(str(e)) from None
+        except BackendError as e:  # the runtime's text goes to the log only
+            log.error("a batch of %d failed: %s", len(arrays[0]), e)
+            raise BackendFailed(BATCH_FAILED) from None
         return BatchResult(vectors, started, time.monotonic() - started)
 
     async def close(self) -> None:
@@ -132,18 +137,16 @@ class ModelProcess:
             self._process.kill()
             raise BackendError(f"the model did not load within {_LOAD_TIMEOUT_S:.0f} s")
         try:
-            kind, *payload = msgspec.msgpack.decode(parent_conn.recv_bytes())
+            message = msgspec.msgpack.decode(parent_conn.recv_bytes(), type=ModelReady | ModelLoadFailed)
         except EOFError:
             self._process.join(5)
             raise BackendError(f"the model process exited while loading (exit code {self._process.exitcode})") from None
-        if kind == "error":
+        if isinstance(message, ModelLoadFailed):
             self._process.join(5)
-            raise BackendError(payload[0])
+            raise BackendError(message.message)
         self._conn = parent_conn
         log.info("model process ready (pid %d)", self._process.pid)
-        info, spec, text_spec = payload
-        return (msgspec.convert(info, ModelInfo), msgspec.convert(spec, PreprocessSpec),
-                msgspec.convert(text_spec, TextSpec | None))
+        return message.info, message.spec, message.text_spec
 
     @property
     def alive(self) -> bool:
@@ -158,18 +161,18 @@ class ModelProcess:
         assert self._conn is not None, "launch() failed or start() called twice"
         conn, self._conn = self._conn, None
         self._transport = await connect(conn, self._on_frame, self._on_lost)
-        send_frame(self._transport, msgspec.msgpack.encode(["attach", slab.name, slab.layout]))
+        send_frame(self._transport, msgspec.msgpack.encode(AttachSlab(slab.name, slab.layout)))
         if self._watchdog is None and self._batch_timeout_s > 0:
             self._watchdog = asyncio.get_running_loop().create_task(self._watch_for_a_hung_model())
 
     def run(self, slots: list[int]) -> asyncio.Future:
-        return self._send(lambda batch_id: [batch_id, slots])
+        return self._send(lambda batch_id: RunImages(batch_id, slots))
 
     def run_texts(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> asyncio.Future:
         """int32 ids and uint8 mask, both (B, L)."""
         rows, length = input_ids.shape
-        return self._send(lambda batch_id: ["text", batch_id, input_ids.astype(np.int32).tobytes(),
-                                            attention_mask.astype(np.uint8).tobytes(), rows, length])
+        return self._send(lambda batch_id: RunTexts(batch_id, input_ids.astype(np.int32).tobytes(),
+                                                    attention_mask.astype(np.uint8).tobytes(), rows, length))
 
     def _send(self, message) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
@@ -184,16 +187,16 @@ class ModelProcess:
         return future
 
     def _on_frame(self, frame: bytes) -> None:
-        batch_id, ok, payload, rows, dim, started_at, duration = msgspec.msgpack.decode(frame)
-        future = self._inflight.pop(batch_id)
+        message = _decode_from_model(frame)
+        future = self._inflight.pop(message.batch_id)
         self._head_since = time.monotonic()  # the model runs batches in order: the next one starts now
         if future.done():
             return
-        if ok:
-            vectors = np.frombuffer(payload, dtype=np.float32).reshape(rows, dim)
-            future.set_result(BatchResult(vectors, started_at, duration))
+        if isinstance(message, BatchDone):
+            vectors = np.frombuffer(message.vectors, dtype=np.float32).reshape(message.rows, message.dim)
+            future.set_result(BatchResult(vectors, message.started_at, message.duration_s))
         else:
-            future.set_exception(BackendFailed(payload))
+            future.set_exception(BackendFailed(message.message))
 
     def _on_lost(self) -> None:
         self._transport = None

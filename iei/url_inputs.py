@@ -37,6 +37,16 @@ _CONTENT_TYPES = ("image/", "application/octet-stream")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+async def resolve_payload(data: bytes | str, encoding: str, fetcher: "UrlFetcher | None") -> tuple[bytes | str, str]:
+    """An input as the pool takes it: a base64 string that is a URL is fetched (raw bytes come back);
+    anything else is returned as it is. Raises InputError when URL inputs are off (`fetcher` None)."""
+    if encoding != "base64" or not isinstance(data, str) or not looks_like_url(data):
+        return data, encoding
+    if fetcher is None:
+        raise InputError("URL inputs are disabled on this server (it must be started with --allow-url-inputs)")
+    return await fetcher.fetch(data), "raw"
+
+
 def looks_like_url(text: str) -> bool:
     """True for `scheme://...` (base64 never contains ':')."""
     head = text[:16].lower()

@@ -1,15 +1,38 @@
 from __future__ import annotations
 
 import base64
+import os
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 
 from tests.model_factory import make_tiny_model
-from tests.server_process import ServerProcess, running_server
+from tests.server_process import CURRENT_TEST, ServerProcess, running_server
 
 SEED_IMAGES = sorted((Path(__file__).resolve().parents[2] / "shared" / "testdata" / "seed-images").glob("*.png"))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    CURRENT_TEST["item"] = item  # read by tests.server_process.require_slow_test, before fixtures start
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    CURRENT_TEST["item"] = None  # session fixtures closing after the last test are not a test's doing
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_without_bf16_units() -> Iterator[None]:
+    """Tests compare vectors with float32 references within 1e-5, so they run as if the CPU had no bf16
+    units: `--dtype auto` then means float32 on every host. In this process the flags are faked; servers
+    and `iei embed` runs started by tests inherit IEI_DTYPE=float32 (`running_server` sets it too). Tests of
+    `auto` fake the flags themselves or pass `--dtype auto`, which beats the environment."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("backends.precision.host_flags", frozenset)
+        patch.setenv("IEI_DTYPE", os.environ.get("IEI_DTYPE", "float32"))
+        yield
 
 
 @pytest.fixture(scope="session")

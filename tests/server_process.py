@@ -14,8 +14,22 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+# The test being set up or run, kept by tests/conftest.py (pytest_runtest_setup) so that the helpers that
+# start a server can check it is marked slow: `make test-fast` (-m "not slow") must never start one.
+CURRENT_TEST: dict[str, pytest.Item | None] = {"item": None}
+
+
+def require_slow_test() -> None:
+    """Fail the current test unless it is marked `slow` (a session fixture counts for its first user)."""
+    item = CURRENT_TEST["item"]
+    if item is not None and item.get_closest_marker("slow") is None:
+        pytest.fail(f"{item.nodeid} starts a server: mark it @pytest.mark.slow (or its module's pytestmark)",
+                    pytrace=False)
 
 
 def loads_torch(pid: int) -> bool:
@@ -45,12 +59,14 @@ class ServerProcess:
 @contextmanager
 def running_server(*args: str, env: dict[str, str] | None = None, log_dir: Path, timeout_s: float = 120.0,
                    expect_ready: bool = True) -> Iterator[ServerProcess]:
+    require_slow_test()
     port = free_port()
     log_path = log_dir / f"server-{port}.log"
-    # IEI_DEVICE=cpu: the references are CPU float32 vectors, and on a GPU host `auto` would serve float16
-    # (a test's --device flag still wins over the environment). Each server its own batch-job database
-    # (unless the test names one): never the user's, never shared.
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "IEI_DEVICE": "cpu",
+    # IEI_DEVICE=cpu, IEI_DTYPE=float32: the references are CPU float32 vectors, and `auto` would serve float16
+    # on a GPU host, bfloat16 on a CPU with bf16 units (a test's --device/--dtype flag still wins over the
+    # environment). Each server its own batch-job database (unless the test names one): never the user's,
+    # never shared.
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "IEI_DEVICE": "cpu", "IEI_DTYPE": "float32",
                 "IEI_BATCH_DB": str(log_dir / f"batches-{port}.sqlite3"), **(env or {})}
     cmd = [sys.executable, "-m", "iei", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
     with open(log_path, "wb") as log_file:

@@ -72,6 +72,17 @@ def test_wrong_pooling_fails_clearly(tiny_model):
     assert result.returncode == 2 and "cls" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_http_workers_auto_is_one_on_small_hosts_and_validated():
+    from iei.config import auto_http_workers
+
+    assert [auto_http_workers(c) for c in (1, 2, 8, 15, 16, 32, 64, 256)] == [1, 1, 1, 1, 2, 4, 8, 8]
+    assert settings_from(None, {"IEI_HTTP_WORKERS": "3"}).frontends == 3
+    assert Settings().http_workers == "auto"
+    for bad in ("0", "x", "65"):
+        with pytest.raises(SystemExit, match="http_workers"):
+            settings_from(None, {"IEI_HTTP_WORKERS": bad})
+
+
 def test_unknown_model_type_fails_clearly_without_pooling(tmp_path):
     """The wrong-vector rule at the command line (docs/models.md): a model type outside the family table does
     not start with a guessed pooling; the message names the type and the two choices."""

@@ -12,6 +12,7 @@ import csv
 from pathlib import Path
 
 from iei.errors import InputError
+from iei.extras import require
 
 # File name endings taken from a folder; other files are left alone. (A list or a table is taken
 # as it is: whatever it names is tried, and what is not an image is reported as a bad file.)
@@ -61,7 +62,7 @@ def _text_lines(path: Path) -> list[str]:
 
 
 def _parquet_column(path: Path, column: str) -> list[str]:
-    import pyarrow.parquet as pq
+    pq = require("pyarrow.parquet", "a Parquet list of images")
 
     try:
         schema = pq.read_schema(path)

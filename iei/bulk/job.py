@@ -21,6 +21,7 @@ from iei.bulk.inputs import list_images
 from iei.bulk.output import EmbeddingWriter, open_writer
 from iei.bulk.ray_options import RayOptions
 from iei.config import Settings
+from iei.extras import require
 
 log = logging.getLogger("iei.embed")
 
@@ -61,7 +62,7 @@ class JobSink:
     """Stores vectors, reports bad files, advances the progress bar. Owner: the thread driving the engine."""
 
     def __init__(self, writer: EmbeddingWriter, total: int, errors: IO[str] | None, progress: bool) -> None:
-        from tqdm import tqdm
+        tqdm = require("tqdm", "`iei embed`'s progress bar").tqdm
 
         self.writer = writer
         self.errors = errors

@@ -24,6 +24,8 @@ from typing import Protocol
 
 import numpy as np
 
+from iei.extras import require
+
 
 class OutputMismatch(Exception):
     """OUT already holds vectors of another model or width; the message says which."""
@@ -57,6 +59,8 @@ def open_writer(out: str, fmt: str, *, model: str, rows_per_flush: int) -> Embed
     """Open OUT for appending vectors of `model` (the width is fixed by the first `add`).
     Raises OutputMismatch if OUT holds another model's vectors or is not an IEI output."""
     writer = NpyWriter if output_format(out, fmt) == "npy" else ParquetDatasetWriter
+    if writer is ParquetDatasetWriter:  # before any folder is made or model loaded
+        require("pyarrow.parquet", "Parquet output (an --output folder; OUT.npy writes NumPy without it)")
     return writer(Path(out), model=model, rows_per_flush=rows_per_flush)
 
 

@@ -28,6 +28,7 @@ from iei.config import Settings
 from iei.engine import finish_vectors
 from iei.model_plan import model_plan
 from iei.errors import InputError
+from iei.extras import require
 from iei.preprocess.image import prepare_patches, prepare_pixels
 from iei.preprocess.spec import PreprocessSpec
 
@@ -109,10 +110,8 @@ def build_dataset(paths: Sequence[str], settings: Settings, options: RayOptions,
 def embed_with_ray(paths: Sequence[str], settings: Settings, sink: ResultSink, options: RayOptions, *,
                    normalize: bool, dimensions: int | None) -> None:
     """Blocking: run the pipeline on the cluster (or a local instance) and feed `sink` as rows arrive."""
-    try:
-        import ray
-    except ImportError as e:
-        raise ValueError(f"--engine ray needs Ray ({e.name} is missing): pip install 'iei[ray]'") from None
+    ray = require("ray", "--engine ray")
+    require("ray.data", "--engine ray")
     started_here = not ray.is_initialized()
     if started_here:
         _init(ray, options)

@@ -12,6 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from iei.errors import NotSupported
+from iei.extras import MissingExtra, require
 from iei.jobs.store import JobResult
 
 
@@ -30,10 +31,9 @@ def as_lines(chunk: list[JobResult]) -> list[ResultLine]:
 def require_parquet() -> None:
     """Raises NotSupported when pyarrow is missing."""
     try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        raise NotSupported("Parquet results need pyarrow on the server: pip install 'iei[bulk]'; "
-                           "or ask for JSONL (the default)") from None
+        require("pyarrow.parquet", "Parquet results")
+    except MissingExtra as e:
+        raise NotSupported(f"{e} on the server; or ask for JSONL (the default)") from None
 
 
 async def write_parquet(chunks: AsyncIterator[list[JobResult]], path: Path) -> None:

@@ -30,11 +30,12 @@ import numpy as np
 
 from iei.errors import InputError, PreprocessWorkerDied
 from iei.ipc import connect, send_frames
+from iei.messages import WORKER_READY, Reply, Task
 from iei.preprocess.spec import PreprocessSpec
 from iei.preprocess.text import TextSpec
 from iei.slab import Slab, SlabLayout
 from iei.preprocess.worker import (
-    ENCODINGS, NO_SLOT, STATUS_OK, Reply, Task, decode_timeout_message, worker_main,
+    ENCODINGS, NO_SLOT, STATUS_OK, decode_timeout_message, worker_main,
 )
 
 log = logging.getLogger("iei.preprocess")
@@ -44,7 +45,6 @@ log = logging.getLogger("iei.preprocess")
 # for a dead worker is up as fast. The server itself is one clean interpreter, so nothing of the HTTP
 # process (threads, sockets, the event loop) is forked.
 _WORKER_CONTEXT = multiprocessing.get_context("forkserver")
-_READY = b"ready"
 _START_TIMEOUT_S = 60.0
 _BACKGROUND_NICENESS = 19
 
@@ -107,7 +107,7 @@ class _Worker:
 
     def on_frame(self, frame: bytes) -> None:
         if not self.ready.done():
-            self.ready.set_result(frame == _READY)
+            self.ready.set_result(frame == WORKER_READY)
             return
         reply = self.pool.decode_reply(frame)
         future, task = self.inflight.pop(reply.task_id)

@@ -17,6 +17,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from iei.extras import require
+
 _VERSION = 2  # bump when what is built changes
 _GEMMA_VOCAB_SIZE = 256_000
 _SENTENCES = [
@@ -89,7 +91,7 @@ def _build_clip(folder: Path, max_length: int) -> None:
 
 def _build_siglip(folder: Path, max_length: int) -> None:
     """A small SentencePiece unigram model, wrapped as SiglipTokenizer (lower-cases, strips punctuation)."""
-    import sentencepiece
+    sentencepiece = require("sentencepiece", "a random SigLIP tokenizer (--load-format dummy)")
     from transformers import SiglipTokenizer
 
     model = io.BytesIO()
@@ -104,7 +106,7 @@ def _build_siglip(folder: Path, max_length: int) -> None:
 
 def _sentencepiece_model(**special: int) -> bytes:
     """A small SentencePiece BPE model trained on a few sentences (ids below 200 plus the special ones)."""
-    import sentencepiece
+    sentencepiece = require("sentencepiece", "a random SentencePiece tokenizer (--load-format dummy)")
 
     model = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(

@@ -21,6 +21,7 @@ import numpy as np
 
 from backends.base import ModelInfo
 from iei.errors import InputError
+from iei.extras import MissingExtra, is_installed
 from iei.models import ModelSource
 from iei.preprocess.random_tokenizer import random_tokenizer_dir, random_tokenizer_kind
 
@@ -53,6 +54,8 @@ def load_text_spec(source: str, revision: str | None, *, max_length: int, paddin
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
     except Exception as e:
+        if not is_installed("sentencepiece") and "sentencepiece" in str(e).lower():
+            raise MissingExtra("sentencepiece", f"the model's tokenizer ({source})") from None
         raise ValueError(f"the model's tokenizer could not be loaded from {source!r}: {e}") from e
     pad_id = tokenizer.pad_token_id
     if pad_id is None:

@@ -1,8 +1,8 @@
 """The preprocessing worker process: a blocking loop that turns image payloads into pixel tensors
 and texts into token ids.
 
-It receives `(task_id, slot, encoding, payload)` frames on its end of a socket pair, writes the
-uint8 pixels (and a variable-resolution image's patch grid) into `slot` of the shared-memory slab (`iei.slab`), and answers `(task_id, status, message)`.
+It receives `Task` frames (`iei.messages`: task_id, slot, encoding, payload) on its end of a socket pair, writes the
+uint8 pixels (and a variable-resolution image's patch grid) into `slot` of the shared-memory slab (`iei.slab`), and answers a `Reply` (task_id, status, message).
 Only the small reply crosses the process boundary; the pixels stay in shared memory. A text task
 (encoding "text", no slot) answers with its int32 token ids in the reply instead.
 """
@@ -21,6 +21,7 @@ import numpy as np
 
 from iei.errors import InputError
 from iei.ipc import FrameReader
+from iei.messages import WORKER_READY, Reply, Task
 from iei.models import transformers_without_torch
 from iei.preprocess.image import decode_payload, prepare_patches, prepare_pixels
 from iei.preprocess.spec import PreprocessSpec
@@ -32,20 +33,6 @@ NO_SLOT = -1  # text tasks write nothing into the slab
 STATUS_OK, STATUS_INPUT_ERROR, STATUS_INTERNAL_ERROR = 0, 1, 2
 
 log = logging.getLogger("iei.preprocess.worker")
-
-
-class Task(msgspec.Struct, array_like=True):
-    task_id: int
-    slot: int
-    encoding: int  # index into ENCODINGS
-    payload: Any  # bytes, or the str from a JSON body (sent as is: no copy to bytes on the loop)
-
-
-class Reply(msgspec.Struct, array_like=True):
-    task_id: int
-    status: int
-    message: str = ""
-    tokens: bytes = b""  # text tasks: int32 token ids
 
 
 def _as_bytes(payload: Any) -> bytes:
@@ -125,7 +112,7 @@ def worker_main(conn: Connection, slab_name: str, layout_bytes: bytes, spec_byte
     slab = Slab.attach(slab_name, msgspec.msgpack.decode(layout_bytes, type=SlabLayout))
     decode_task = msgspec.msgpack.Decoder(Task).decode
     encode = msgspec.msgpack.Encoder().encode
-    conn.send_bytes(b"ready")
+    conn.send_bytes(WORKER_READY)
     frames = FrameReader(conn)
     try:
         for frame in frames:  # ends when the server closes our pipe

@@ -27,7 +27,7 @@ from iei.jobs.runner import JobRunner, JobStatus
 from iei.jobs.store import AsyncJobStore, JobResult, StoreBusy
 from iei.server.inputs import media_type, read_options
 from iei.server.openapi import error_responses
-from iei.server.routes import AppState, classify_error
+from iei.server.routes import AppState
 from iei.server.schemas import (
     BatchJob,
     BatchList,
@@ -172,15 +172,9 @@ _JOB_RESPONSES = {200: ResponseSpec(data_container=BatchJob, description="the jo
 
 def build_batch_handlers(state: AppState, jobs: BatchJobs) -> list[HTTPRouteHandler]:
     async def answer(request: Request, work: Callable[[JobRunner], Awaitable[Response]]) -> Response:
-        """Auth, then `work`; every error leaves as the contract's JSON."""
-        try:
-            state.check_api_key(request)
-            return await work(jobs.require())
-        except Exception as e:  # noqa: BLE001  (every error leaves as JSON; unexpected ones are logged)
-            request_id = request.headers.get("x-request-id") or state.next_request_id()
-            error = classify_error(e, request_id, state.settings.payload_limit)
-            return Response(content=error.tei_body(), status_code=error.status, media_type=JSON,
-                            headers=error.headers)
+        """Auth, then `work`; what they raise is answered by the app's exception handlers."""
+        state.check_api_key(request)
+        return await work(jobs.require())
 
     async def existing(runner: JobRunner, job_id: str) -> JobStatus:
         status = await runner.status(job_id)

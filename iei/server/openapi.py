@@ -88,3 +88,6 @@ COHERE_RESPONSES = {200: ResponseSpec(data_container=CohereEmbedResponse, descri
 VECTORIZE_RESPONSES = {200: ResponseSpec(data_container=VectorizeResponse, description="text and image vectors"),
                        **error_responses()}
 UNHEALTHY_RESPONSES = {503: ResponseSpec(data_container=ErrorBody, description="not ready")}
+_UNAUTHORIZED = "--api-key set and the bearer token missing or wrong"
+KEYED_INFO_RESPONSES = {**UNHEALTHY_RESPONSES, 401: ResponseSpec(data_container=ErrorBody, description=_UNAUTHORIZED)}
+MODEL_LIST_RESPONSES = {401: ResponseSpec(data_container=OpenAIErrorBody, description=_UNAUTHORIZED)}

@@ -15,15 +15,14 @@ from typing import Any, Awaitable, Callable
 
 import msgspec
 from litestar import Request, Response, get, post
-from litestar.exceptions import HTTPException
 from litestar.handlers import HTTPRouteHandler
 
 from iei import __version__
 from iei.engine import EmbeddingEngine, EmbedResult
-from iei.errors import DeadlineExceeded, IEIError, Unauthorized, Unhealthy, ValidationFailed
-from iei.server.errors import ERROR_TYPE_BY_STATUS, HTTPError
+from iei.errors import DeadlineExceeded, Unauthorized, Unhealthy, ValidationFailed
+from iei.server.errors import OPENAI_ERRORS, classify_error, error_response
 from iei.server.openapi import (
-    EMBED_RESPONSES, OPENAI_RESPONSES, UNHEALTHY_RESPONSES, EmbedOperation, OpenAIOperation,
+    EMBED_RESPONSES, KEYED_INFO_RESPONSES, OPENAI_RESPONSES, UNHEALTHY_RESPONSES, EmbedOperation, OpenAIOperation,
 )
 from iei.server.inputs import INPUT_FORMATS, EmbedInputs, read_embed_inputs, read_openai_inputs
 from iei.server.schemas import (
@@ -48,6 +47,15 @@ class AppState:
 
     def next_request_id(self) -> str:
         return f"{self._id_prefix}-{next(self._ids)}"
+
+    def request_id(self, request: Request) -> str:
+        """The client's `x-request-id`, else one made up for this request (the same on every call)."""
+        scope = request.scope
+        rid = scope.get("iei_request_id")  # type: ignore[typeddict-item]
+        if rid is None:
+            rid = request.headers.get("x-request-id") or self.next_request_id()
+            scope["iei_request_id"] = rid  # type: ignore[typeddict-unknown-key]
+        return rid
 
     def check_api_key(self, request: Request) -> None:
         expected = self.settings.api_key
@@ -139,35 +147,20 @@ async def _before(deadline: float | None, work: Awaitable[EmbedResult]) -> Embed
                                "(x-request-timeout-ms or request_timeout_ms)") from None
 
 
-def classify_error(error: Exception, request_id: str, payload_limit: int) -> HTTPError:
-    if isinstance(error, IEIError):
-        return HTTPError.from_error(error)
-    if isinstance(error, HTTPException):  # raised by Litestar while reading the body
-        error_type = ERROR_TYPE_BY_STATUS.get(error.status_code, "Validation")
-        return HTTPError(error_type, _litestar_message(error, payload_limit))
-    log.error("unexpected error in request %s", request_id, exc_info=error)
-    return HTTPError("Internal", f"internal error (request id {request_id})")
-
-
-def _litestar_message(error: HTTPException, payload_limit: int) -> str:
-    if error.status_code == 413:
-        return f"request body is larger than the payload limit of {payload_limit} bytes (payload_limit)"
-    return str(error.detail)
-
-
 Reader = Callable[[Request], Awaitable[Any]]  # -> what the route's Embedder takes (EmbedInputs by default)
 Renderer = Callable[[EmbedResult, Any], bytes]
 Embedder = Callable[[EmbeddingEngine, Any, str], Awaitable[EmbedResult]]
 
 
 async def _serve(state: AppState, request: Request, route: str, read: Reader, render: Renderer,
-                 render_error: Callable[[HTTPError], bytes], field: str = "inputs",
-                 embed: Embedder | None = None) -> Response:
+                 field: str = "inputs", embed: Embedder | None = None) -> Response:
     """Serve one embedding request: `read` the body, `embed` it (default: EmbedInputs, images or texts),
-    `render` the result; every error becomes `render_error`'s body. Other route modules
-    (`iei.server.compat`) call this too, so every embedding route shares one path."""
+    `render` the result. Errors are recorded (metrics, access log) and answered by
+    `iei.server.errors.error_response`, as the app's exception handlers answer every other route, in the
+    body shape of the route's `opt`. Other route modules (`iei.server.compat`) call this too, so every
+    embedding route shares one path."""
     start = time.perf_counter()
-    request_id = request.headers.get("x-request-id") or state.next_request_id()
+    request_id = state.request_id(request)
     result = None
     try:
         state.check_api_key(request)
@@ -176,14 +169,16 @@ async def _serve(state: AppState, request: Request, route: str, read: Reader, re
         deadline = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
         inputs = await read(request)
         result = await _before(deadline, _unless_disconnected(request, (embed or _embed)(engine, inputs, field)))
-        status, body, headers, outcome = 200, render(result, inputs), {}, "success"
+        status, body, outcome = 200, render(result, inputs), "success"
     except ClientGone:
-        status, body, headers, outcome = 499, b"", {}, "ClientGone"
+        status, body, outcome = 499, b"", "ClientGone"
     except Exception as e:  # every error leaves as JSON; text of unexpected ones stays in the log
         error = classify_error(e, request_id, state.settings.payload_limit)
-        status, body, headers, outcome = error.status, render_error(error), error.headers, error.error_type
+        total_s = time.perf_counter() - start
+        _record(state, route, request_id, error.error_type, error.status, total_s, None)
+        return error_response(request, error, request_id, _timing_headers(total_s, None))
     total_s = time.perf_counter() - start
-    headers.update(_timing_headers(total_s, result))
+    headers = _timing_headers(total_s, result)
     headers["x-request-id"] = request_id
     _record(state, route, request_id, outcome, status, total_s, result)
     return Response(content=body, status_code=status, media_type=JSON, headers=headers)
@@ -243,25 +238,27 @@ def build_route_handlers(state: AppState) -> list[HTTPRouteHandler]:
                       "Returns `[[float, ...], ...]`, one vector per image in input order.",
           operation_class=EmbedOperation, responses=EMBED_RESPONSES)
     async def embed(request: Request) -> Response:
-        return await _serve(state, request, "/embed", read_embed_inputs, _render_tei, HTTPError.tei_body)
+        return await _serve(state, request, "/embed", read_embed_inputs, _render_tei)
 
     @post("/v1/embeddings", status_code=200, summary="OpenAI-compatible embeddings",
           description="`{\"input\": base64 | [base64], \"encoding_format\": \"float\" | \"base64\", \"dimensions\": n}`",
-          operation_class=OpenAIOperation, responses=OPENAI_RESPONSES)
+          operation_class=OpenAIOperation, responses=OPENAI_RESPONSES, opt=OPENAI_ERRORS)
     async def openai_embeddings(request: Request) -> Response:
         return await _serve(state, request, "/v1/embeddings", read_openai_inputs,
-                            partial(_render_openai, settings.model_name), HTTPError.openai_body, field="input")
+                            partial(_render_openai, settings.model_name), field="input")
 
     @get("/health", summary="Readiness: 200 once the model answers, else 503", responses=UNHEALTHY_RESPONSES)
     async def health() -> Response:
         engine = state.engine
         problem = "the model is not loaded yet" if engine is None else await engine.health_problem_after_probe()
-        if problem is None:
-            return Response(content=_HEALTH_OK, status_code=200, media_type=JSON)
-        return Response(content=HTTPError("Unhealthy", problem).tei_body(), status_code=503, media_type=JSON)
+        if problem is not None:
+            raise Unhealthy(problem)
+        return Response(content=_HEALTH_OK, status_code=200, media_type=JSON)
 
-    @get("/info", summary="Model and server settings", responses=UNHEALTHY_RESPONSES)
-    async def info() -> Info:
+    @get("/info", summary="Model and server settings (needs the API key when --api-key is set)",
+         responses=KEYED_INFO_RESPONSES)
+    async def info(request: Request) -> Info:
+        state.check_api_key(request)
         engine = state.require_engine()
         model = engine.model.info
         return Info(
@@ -280,11 +277,12 @@ def build_route_handlers(state: AppState) -> list[HTTPRouteHandler]:
             image_formats=list(settings.image_format_names), decode_timeout_ms=settings.decode_timeout_ms,
             request_timeout_ms=settings.request_timeout_ms, allow_url_inputs=settings.allow_url_inputs,
             max_num_patches=model.max_num_patches, patch_size=model.patch_size,
+            model_dtype_reason=model.dtype_reason,
         )
 
     @get("/metrics", summary="Prometheus metrics", media_type="text/plain", responses=UNHEALTHY_RESPONSES)
     async def metrics() -> Response:
         engine = state.require_engine()
-        return Response(content=engine.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(content=await engine.render_metrics(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return [embed, openai_embeddings, health, info, metrics]

@@ -14,7 +14,9 @@ from iei.config import Settings
 from iei.engine import EmbeddingEngine
 
 
-class _DrainingServer(uvicorn.Server):
+class DrainingServer(uvicorn.Server):
+    """`engine`: anything with `begin_shutdown()` (the engine, or a front end's `EngineLink`)."""
+
     def __init__(self, config: uvicorn.Config, engine: EmbeddingEngine) -> None:
         super().__init__(config)
         self._engine = engine
@@ -32,13 +34,14 @@ class _DrainingServer(uvicorn.Server):
             self._captured_signals.clear()
 
 
-def run_server(app: Litestar, engine: EmbeddingEngine, settings: Settings) -> bool:
+def run_server(app: Litestar, engine: EmbeddingEngine, settings: Settings, *, uds: str | None = None) -> bool:
     """Blocking: serve until a signal, then drain. Returns False if the server never started
-    (the port was taken, or the app's start-up failed; uvicorn has logged why)."""
+    (the port was taken, or the app's start-up failed; uvicorn has logged why). `uds`: listen on this Unix
+    socket instead of host:port (the engine's private server when HTTP front ends face the clients)."""
     # Proxy headers are not parsed: no route needs the client address.
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, uds=uds, log_config=None, access_log=False,
                             loop="auto", http="auto", proxy_headers=False,
                             timeout_graceful_shutdown=settings.shutdown_timeout_s)
-    server = _DrainingServer(config, engine)
+    server = DrainingServer(config, engine)
     server.run()
     return server.started

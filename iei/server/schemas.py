@@ -136,6 +136,9 @@ class Info(msgspec.Struct):
     # max_num_patches patches of patch_size pixels (image_size is then the square of as many). None otherwise.
     max_num_patches: int | None = None
     patch_size: int | None = None
+    # Why the model runs at model_dtype, e.g. "bfloat16: CPU has avx512_bf16; probe min cosine 0.999991" or
+    # "float32: the CPU has no bf16 units ..." (torch backend; None for ONNX Runtime, see model_precision)
+    model_dtype_reason: str | None = None
 
 
 # -- background batch jobs (/batches) ----------------------------------------------------------

@@ -193,7 +193,8 @@ def test_hub_id_from_an_offline_hf_cache(tiny_dir, tmp_path):
         import json, numpy as np
         from backends.base import BackendConfig, BackendError
         from backends.torch_backend import load_torch_backend
-        b = load_torch_backend(BackendConfig(model="google/vit-base-patch16-224", device="cpu"))
+        # float32: compared with a float32 reference (the parent's fake CPU flags do not reach this process)
+        b = load_torch_backend(BackendConfig(model="google/vit-base-patch16-224", device="cpu", dtype="float32"))
         out = {"sha": b.info.model_sha, "dim": b.info.embedding_dim,
                "emb": b.embed_images(np.ones((1, 3, 224, 224), np.float32)).tolist()}
         for name in ("nobody/no-such-model", "google/vit-base-patch16-224@nope"):

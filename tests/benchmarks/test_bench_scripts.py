@@ -24,6 +24,7 @@ def run_script(name: str, *args: str, timeout: float = 240) -> subprocess.Comple
     return proc
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode, per_request", [("json", 2), ("multipart", 2), ("raw", 1)])
 def test_loadgen_levels_count_images_and_read_stage_headers(vit_server, tmp_path, mode, per_request):
     out = tmp_path / "levels.json"
@@ -76,9 +77,34 @@ def test_serving_bench_quick(tmp_path):
 
 
 @pytest.mark.slow
+@needs_wrk
+def test_ab_bench_quick_records_both_variants_and_their_precision(tmp_path):
+    run_script("ab_bench.py", "--quick", "--a", "--dtype float32", "--b", "--dtype auto", "--out", str(tmp_path / "ab"))
+    report = json.loads((tmp_path / "ab.json").read_text())
+    a, b = (report["variants"][k] for k in "AB")
+    assert a["runs"][0]["info"]["model_dtype_reason"] == "float32: requested"
+    assert b["runs"][0]["info"]["model_dtype_reason"].startswith(("bfloat16: ", "float32: "))
+    assert a["median_img_per_s"] > 0 and b["median_img_per_s"] > 0
+    assert "| B | `--backend-threads 1 --dtype auto` |" not in (tmp_path / "ab.md").read_text()  # compute: no extra flags
+    assert "| B | `--dtype auto` |" in (tmp_path / "ab.md").read_text()
+
+
+def test_preprocess_bench_decoder_table_compares_with_the_exact_path():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import preprocess_bench
+    finally:
+        sys.path.remove(str(BENCH))
+    rows = {(r["image"], r["decoder"]): r for r in preprocess_bench.decoder_table(quick=True)}
+    assert rows[("1024x768", "pillow full")]["cosine"] == 1.0
+    draft = rows[("1024x768", "pillow draft (today)")]
+    assert draft["vs_draft"] == 1.0 and draft["decoded"] == "512x384" and draft["cosine"] >= 0.999
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["preprocess_bench.py", "backend_bench.py",
                                     pytest.param("compute_efficiency.py", marks=needs_wrk), "gpu_check.py",
-                                    "naflex_bench.py"])
+                                    "naflex_bench.py", "overload_bench.py"])
 def test_other_benchmarks_quick(tmp_path, script):
     run_script(script, "--quick", "--out", str(tmp_path / "result"))
 
@@ -121,6 +147,17 @@ def test_floor_bench_quick_sums_the_parts_into_a_ceiling(tmp_path):
 
 
 @pytest.mark.slow
+@needs_wrk
+def test_frontends_bench_quick_compares_one_and_two_frontends(tmp_path):
+    run_script("frontends_bench.py", "--quick", "--out", str(tmp_path / "frontends"), timeout=400)
+    report = json.loads((tmp_path / "frontends.json").read_text())
+    assert report["roles"]["frontends-1"].get("frontends", 0) == 0 and report["roles"]["frontends-2"]["frontends"] == 2
+    one, two = report["median"]["1"]["cpu_ms_per_request"], report["median"]["2"]["cpu_ms_per_request"]
+    assert one["engine"] > 0 and two["frontends"] > 0 and two["engine"] > 0
+    assert [row["n"] for row in report["projection"]["scaled"]] == list(range(1, 9))
+    assert "| CPU-ms/request: frontend_tier |" in (tmp_path / "frontends.md").read_text()
+
+
 def test_dinov3_parity_quick():
     proc = run_script("dinov3_parity.py", "--quick")
     assert "max |IEI - torch|" in proc.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from tests.e2e.batch_client import (
     JSONL,
@@ -13,6 +14,8 @@ from tests.e2e.batch_client import (
     wait_for_job,
 )
 from tests.fakes import FakeBackend, serve_engine
+
+pytestmark = pytest.mark.slow  # every test here starts a server
 
 
 def test_a_failing_model_gives_per_input_errors_and_the_job_still_completes():

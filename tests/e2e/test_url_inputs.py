@@ -19,6 +19,8 @@ from PIL import Image
 from tests.e2e.test_failures import b64_image
 from tests.fakes import FakeBackend, serve_engine
 
+pytestmark = pytest.mark.slow  # every test here starts a server
+
 PNG = io.BytesIO()
 Image.new("RGB", (40, 30), (10, 200, 30)).save(PNG, "PNG")
 PNG_BYTES = PNG.getvalue()

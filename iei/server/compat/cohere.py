@@ -19,7 +19,6 @@ from iei.errors import ValidationFailed
 from iei.server.compat.content import parse_parts
 from iei.server.compat.embedding_types import check_embedding_types, encode_embeddings
 from iei.server.compat.mixed import MixedInputs, embed_mixed
-from iei.server.errors import HTTPError
 from iei.server.inputs import read_json
 from iei.server.openapi import COHERE_RESPONSES, CohereOperation
 from iei.server.routes import AppState, serve_embedding
@@ -109,7 +108,6 @@ def build_cohere_handlers(state: AppState) -> list:
                       "`output_dimension`. Vectors are unit length.",
           operation_class=CohereOperation, responses=COHERE_RESPONSES)
     async def cohere_embed(request: Request) -> Response:
-        return await serve_embedding(state, request, "/v2/embed", read_cohere_inputs, render_cohere,
-                                     HTTPError.tei_body, embed=embed_cohere)
+        return await serve_embedding(state, request, "/v2/embed", read_cohere_inputs, render_cohere, embed=embed_cohere)
 
     return [cohere_embed]

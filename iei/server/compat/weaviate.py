@@ -18,9 +18,8 @@ from iei import __version__
 from iei.engine import EmbedResult, ImagePayload
 from iei.errors import Unhealthy
 from iei.server.compat.mixed import MixedInputs, embed_mixed
-from iei.server.errors import HTTPError
 from iei.server.inputs import read_json
-from iei.server.openapi import VECTORIZE_RESPONSES, UNHEALTHY_RESPONSES, VectorizeOperation
+from iei.server.openapi import KEYED_INFO_RESPONSES, UNHEALTHY_RESPONSES, VECTORIZE_RESPONSES, VectorizeOperation
 from iei.server.routes import AppState, serve_embedding
 from iei.server.schemas import VectorizeRequest, VectorizeResponse, VectorizerMeta
 
@@ -43,8 +42,7 @@ def build_weaviate_handlers(state: AppState) -> list:
                       "[...]}`, unit vectors in input order (the inference API of Weaviate's multi2vec-clip module).",
           operation_class=VectorizeOperation, responses=VECTORIZE_RESPONSES)
     async def vectorize(request: Request) -> Response:
-        return await serve_embedding(state, request, "/vectorize", read_vectorize_inputs, render_vectorize,
-                                     HTTPError.tei_body, embed=embed_mixed)
+        return await serve_embedding(state, request, "/vectorize", read_vectorize_inputs, render_vectorize, embed=embed_mixed)
 
     @get(["/.well-known/live"], status_code=204, summary="Weaviate module liveness: 204 while the server runs")
     async def live() -> None:
@@ -58,8 +56,10 @@ def build_weaviate_handlers(state: AppState) -> list:
         if problem is not None:
             raise Unhealthy(problem)
 
-    @get("/meta", summary="Weaviate module meta: the served model", responses=UNHEALTHY_RESPONSES)
-    async def meta() -> VectorizerMeta:
+    @get("/meta", summary="Weaviate module meta: the served model (needs the API key when --api-key is set)",
+         responses=KEYED_INFO_RESPONSES)
+    async def meta(request: Request) -> VectorizerMeta:
+        state.check_api_key(request)  # like /info, which it summarises
         engine = state.require_engine()
         model = engine.model.info
         return VectorizerMeta(model_id=state.settings.model, served_model_name=state.settings.model_name,
