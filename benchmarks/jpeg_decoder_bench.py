@@ -65,13 +65,15 @@ def main() -> None:
                         prepare_image(data, s)
                     times[k].append((time.process_time() - t0) / iterations * 1000)
             ms = {k: statistics.median(v) for k, v in times.items()}
-            cos = {k: float(exact.ravel() @ g.ravel() / np.linalg.norm(exact) / np.linalg.norm(g)) for k, g in got.items()}
+            cos = {k: float(exact.ravel() @ g.ravel() / np.linalg.norm(exact) / np.linalg.norm(g))
+                   for k, g in got.items()}
             same = np.array_equal(got["pillow"], got["auto"])
             rows.append(f"| {w}x{h} | {name} | {ms['pillow']:.2f} | {ms['auto']:.2f} | "
                         f"{'Pillow (no win)' if same else 'simplejpeg 3/8'} | ×{ms['pillow'] / ms['auto']:.2f} | "
                         f"{cos['pillow']:.6f} / {cos['auto']:.6f} |")
             print(rows[-1], flush=True)
-    text = "\n".join([f"{cpu_model()} · one process · CPU time (process_time) · median of {args.rounds} interleaved rounds", "", *rows, ""])
+    head = f"{cpu_model()} · one process · CPU time (process_time) · median of {args.rounds} interleaved rounds"
+    text = "\n".join([head, "", *rows, ""])
     if args.out:
         args.out.write_text(text)
 

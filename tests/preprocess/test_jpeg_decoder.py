@@ -39,7 +39,8 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def _seed_jpegs(seeds) -> dict[str, bytes]:
     """The seed photos (RGBA PNG, about 620x1060) as the RGB JPEGs people upload."""
-    return {name: encode(Image.open(io.BytesIO(data)).convert("RGB"), "JPEG", quality=90) for name, data in seeds.items()}
+    return {name: encode(Image.open(io.BytesIO(data)).convert("RGB"), "JPEG", quality=90)
+            for name, data in seeds.items()}
 
 
 @pytest.mark.parametrize("family", ["vit", "convnext", "clip", "deit", "dinov2"])
