@@ -13,7 +13,8 @@ config's image size: DINOv2 says 518 where its processor crops 224).
 Pipeline (all on the CPU, float32 trace): export -> graph optimisation (none | O1 | O2 | O3, ONNX
 Runtime's transformer optimiser) -> float16 copy (CUDA) or dynamic int8 quantisation (CPU, Optimum's
 config for the detected instruction set). The folder's layout, manifest and cache key are
-`backends.onnx_manifest`'s.
+`backends.onnx_manifest`'s. A graph whose weights pass 2 GB (protobuf's limit for one file) keeps them in one
+external-data file beside it (`EXTERNAL_DATA_MIN_BYTES`, `_save_graph`) and skips the offline optimiser (`_optimize`).
 
 Cache (`cached_export`): an entry is built in a temporary
 folder and renamed into place, so a crash never leaves a half-written entry under its final name; an
@@ -23,6 +24,7 @@ Runs on the model process's main thread (or the `iei export` command); blocking,
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -60,10 +62,11 @@ _ORT_MODEL_TYPE = {"swin": "swin", "swinv2": "swin"}
 # do not take.
 _DIRECT_EXPORT_TYPES = ("siglip2", "dinov3_vit", "dinov3_convnext", "metaclip_2", "aimv2", "aimv2_vision_model")
 _DIRECT_EXPORT_OPSET = 17  # LayerNormalization as one op
-# protobuf's limit on one ONNX file. A direct export above it would need its weights split into external data,
-# which `_export_direct` and the graph optimiser here do not do (measured: ORT's optimiser on a 2.8 GB graph went
-# past 22 GB of memory), so such a graph is refused up front with a clear error instead.
-_DIRECT_EXPORT_MAX_BYTES = 2**31
+# A graph whose weights pass this many bytes is written as the graph (`model.onnx`) plus all its weights in one
+# external-data file beside it (`model.onnx_data`), which ONNX Runtime reads from the same folder: protobuf cannot
+# serialise one message past 2 GB (MetaCLIP 2's text tower: its 901,629-token table alone is 2.8 GB of float32).
+# Below protobuf's 2**31 with room for the graph itself. Tests lower it to force the external-data path.
+EXTERNAL_DATA_MIN_BYTES = 2**31 - 2**27
 
 
 class ExportError(BackendError):
@@ -149,13 +152,56 @@ def _example_text(hf_config: Any, length: int) -> dict[str, Any]:
     return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
 
 
-def _optimize(path: Path, level: str, model_type: str) -> None:
-    """ONNX Runtime's offline graph optimisation, in place. O1: basic (constant folding, redundant nodes);
+def _external_data_file(path: Path) -> Path:
+    return path.with_name(path.name + "_data")
+
+
+def _weight_bytes(model: Any) -> int:
+    """Bytes of the graph's initializers, from their shapes and types (works whether or not their data is loaded)."""
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    return sum(int(np.prod(t.dims, dtype=np.int64)) * tensor_dtype_to_np_dtype(t.data_type).itemsize
+               for t in model.graph.initializer)
+
+
+def _save_graph(model: Any, path: Path) -> None:
+    """Write the ModelProto `model` (weights loaded) to `path`: one file when its weights are under
+    `EXTERNAL_DATA_MIN_BYTES`, else the graph in `path` and every weight in one external-data file beside it
+    (`<name>_data`, a relative location, so the folder can be moved or renamed)."""
+    import onnx
+
+    data = _external_data_file(path)
+    data.unlink(missing_ok=True)  # onnx appends to an existing data file
+    if _weight_bytes(model) > EXTERNAL_DATA_MIN_BYTES:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data.name, size_threshold=1024)
+        data.chmod(path.stat().st_mode & 0o777)  # onnx creates it private (0600); a cache entry may be shared
+    else:
+        onnx.save_model(model, str(path))
+
+
+def _has_external_data(path: Path) -> bool:
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    return any(uses_external_data(t) for t in onnx.load(str(path), load_external_data=False).graph.initializer)
+
+
+def _optimize(path: Path, level: str, model_type: str) -> bool:
+    """ONNX Runtime's offline graph optimisation, in place; False where it was skipped. A graph stored with external
+    data (weights past 2 GB) is left as exported: ORT's optimiser loads the whole graph into Python protobufs and
+    copies it, and on MetaCLIP 2's 2.8 GB text graph it went past 22 GB of memory (AIMv2-L's text graph at
+    O2: past 12 GB); the session still applies ORT's own fusions when it loads the graph. O1: basic (constant folding, redundant nodes);
     O2: plus transformer fusions (LayerNorm, SkipLayerNorm, BiasGelu, Attention); O3: plus approximate
     GELU (FastGelu; drifts ~3e-4 from torch, hence not the default). Optimum's O-levels, applied through
     ORT's optimiser directly because Optimum's ORTOptimizer only accepts a few model types."""
     if level == "none":
-        return
+        return True
+    if _has_external_data(path):
+        logger.warning("not optimising %s (%s asked for): its weights pass 2 GB and are stored as external data, and "
+                       "ONNX Runtime's offline optimiser needs many times a graph's size in memory (past 22 GB on a "
+                       "2.8 GB graph); ONNX Runtime still optimises it when a session loads it", path.name, level)
+        return False
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -165,6 +211,7 @@ def _optimize(path: Path, level: str, model_type: str) -> None:
     optimized = optimize_model(str(path), model_type=ort_type, optimization_options=options, opt_level=1,
                                only_onnxruntime=level == "O1")
     optimized.save_model_to_file(str(path))
+    return True
 
 
 def _to_fp16(path: Path) -> None:
@@ -172,9 +219,9 @@ def _to_fp16(path: Path) -> None:
     import onnx
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    model = OnnxModel(onnx.load(str(path)))
+    model = OnnxModel(onnx.load(str(path)))  # external data, if any, loaded
     model.convert_float_to_float16(keep_io_types=True)
-    model.save_model_to_file(str(path))
+    _save_graph(model.model, path)  # half the size: back in one file where it now fits
 
 
 def _quantize_int8(folder: Path, file_name: str = MODEL_FILE) -> str:
@@ -186,9 +233,19 @@ def _quantize_int8(folder: Path, file_name: str = MODEL_FILE) -> str:
     isa = cpu_isa()
     qconfig = getattr(AutoQuantizationConfig, isa)(is_static=False, per_channel=True)
     quantized_dir = folder / "int8"
-    ORTQuantizer.from_pretrained(folder, file_name=file_name).quantize(qconfig, quantized_dir)
+    external = _has_external_data(folder / file_name)
+    if external:
+        logger.warning("quantising %s, whose weights pass 2 GB: ONNX Runtime's quantiser needs many times the graph's "
+                       "size in memory (MetaCLIP 2 L/14's 3.1 GB text graph: 23.8 GB peak)", file_name)
+    ORTQuantizer.from_pretrained(folder, file_name=file_name).quantize(
+        qconfig, quantized_dir, use_external_data_format=external)
     produced = next(quantized_dir.glob("*.onnx"))
-    os.replace(produced, folder / file_name)
+    if external:  # a quarter of the size: re-saved in one file where it now fits, the float32 data file removed
+        import onnx
+
+        _save_graph(onnx.load(str(produced)), folder / file_name)
+    else:
+        os.replace(produced, folder / file_name)
     shutil.rmtree(quantized_dir)
     logger.info("quantised to int8 (%s, weights %s)", isa, qconfig.weights_dtype.name)
     return isa
@@ -215,19 +272,23 @@ def _save_processor(config: BackendConfig, out: Path, text: bool) -> None:
         AutoTokenizer.from_pretrained(config.model, revision=config.revision).save_pretrained(out)
 
 
-def _check(path: Path, module: Any, examples: list[dict[str, Any]]) -> tuple[int, float]:
-    """Run the final graph and torch on fixed example batches: (embedding_dim, max abs difference). Several
-    examples of different shapes catch a size the trace baked in."""
-    import onnxruntime as ort
+def _torch_outputs(module: Any, examples: list[dict[str, Any]]) -> list[np.ndarray]:
     import torch
+
+    with torch.inference_mode():
+        return [module(*example.values()).float().numpy() for example in examples]
+
+
+def _check(path: Path, examples: list[dict[str, Any]], wants: list[np.ndarray]) -> tuple[int, float]:
+    """Run the final graph on fixed example batches against torch's outputs on them (`_torch_outputs`):
+    (embedding_dim, max abs difference). Several examples of different shapes catch a size the trace baked in."""
+    import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     declared = {i.name for i in session.get_inputs()}  # an input the graph never reads is dropped by the trace
     diff, dim = 0.0, 0
-    for example in examples:
+    for example, want in zip(examples, wants):
         got = session.run([OUTPUT_NAME], {k: v.numpy() for k, v in example.items() if k in declared})[0]
-        with torch.inference_mode():
-            want = module(*example.values()).float().numpy()
         if got.shape != want.shape:
             raise ExportError(f"the exported graph returns shape {got.shape}, torch {want.shape}")
         diff, dim = max(diff, float(np.abs(got.astype(np.float32) - want).max())), int(got.shape[-1])
@@ -244,36 +305,19 @@ def _export_direct(module: Any, example: dict[str, Any], path: Path, opset: int)
     axes = {name: {0: "batch_size", **({1: "sequence_length"} if value.dim() in (2, 3) else {})}
             for name, value in example.items()}
     axes[OUTPUT_NAME] = {0: "batch_size"}
-    with torch.inference_mode(False), torch.no_grad():
-        torch.onnx.export(module, tuple(example.values()), str(path), input_names=list(example), dynamo=False,
-                          output_names=[OUTPUT_NAME], dynamic_axes=axes, opset_version=opset)
+    # Traced into a scratch folder: past 2 GB, torch writes each weight as its own file beside the graph; the
+    # graph is then saved as one file or, past `EXTERNAL_DATA_MIN_BYTES`, with one external-data file.
+    with tempfile.TemporaryDirectory(prefix=".trace-", dir=path.parent) as scratch:
+        traced = Path(scratch) / path.name
+        with torch.inference_mode(False), torch.no_grad():
+            torch.onnx.export(module, tuple(example.values()), str(traced), input_names=list(example), dynamo=False,
+                              output_names=[OUTPUT_NAME], dynamic_axes=axes, opset_version=opset)
+        import onnx
+
+        _save_graph(onnx.load(str(traced)), path)
 
 
-def _tower_weight_bytes(module: Any, file_name: str) -> int:
-    """float32 bytes of the weights one graph holds: a dual encoder's wrapper holds the whole model, but the trace
-    keeps only the tower (and its projection) that the graph runs."""
-    model = module.model
-    tower = "text" if file_name == TEXT_MODEL_FILE else "vision"
-    projection = "text_projection" if tower == "text" else "visual_projection"
-    parts = [getattr(model, f"{tower}_model", None), getattr(model, projection, None)]
-    parts = [part for part in parts if part is not None] or [model]
-    return sum(t.numel() * 4 for part in parts for t in (*part.parameters(), *part.buffers()))
-
-
-def _check_direct_size(graphs: list[tuple[Any, str, Any]], model_id: str, model_type: str) -> None:
-    """Raise ExportError when a directly exported graph would pass protobuf's 2 GB limit (see
-    `_DIRECT_EXPORT_MAX_BYTES`); e.g. MetaCLIP 2's text tower, whose 901,629-token vocabulary alone is 2.8 GB."""
-    for module, file_name, _ in graphs:
-        size = _tower_weight_bytes(module, file_name)
-        if size > _DIRECT_EXPORT_MAX_BYTES:
-            raise ExportError(
-                f"model {model_id!r} (model type {model_type!r}) cannot be exported to ONNX: its graph {file_name} holds "
-                f"{size / 1e9:.1f} GB of float32 weights, past ONNX's 2 GB limit for one file, and IEI's exporter does "
-                "not split weights into external data for this model type; serve it with --backend torch")
-
-
-def _export_graph(module: Any, hf_config: Any, model_id: str, example: dict[str, Any], path: Path, opset: int,
-                  options: ExportOptions) -> None:
+def _export_graph(module: Any, hf_config: Any, model_id: str, example: dict[str, Any], path: Path, opset: int) -> None:
     if hf_config.model_type in _DIRECT_EXPORT_TYPES:
         _export_direct(module, example, path, opset)
     else:
@@ -281,9 +325,6 @@ def _export_graph(module: Any, hf_config: Any, model_id: str, example: dict[str,
 
         module.config = hf_config  # Optimum's exporter reads and sets `model.config`
         export(module, _onnx_config(hf_config, model_id, example), path, opset=opset, disable_dynamic_axes_fix=True)
-    _optimize(path, options.optimize, hf_config.model_type)
-    if options.precision == "fp16":
-        _to_fp16(path)
 
 
 def export_model(config: BackendConfig, options: ExportOptions, out: str | os.PathLike) -> Manifest:
@@ -314,21 +355,31 @@ def export_model(config: BackendConfig, options: ExportOptions, out: str | os.Pa
     if text_embedder is not None:
         max_length = text["text_max_length"]
         graphs.append((text_embedder, TEXT_MODEL_FILE, [_example_text(hf_config, n) for n in sorted({7, max_length})]))
-    if direct:
-        _check_direct_size(graphs, config.model, hf_config.model_type)
     opset = options.opset or (_DIRECT_EXPORT_OPSET if direct else _onnx_config(hf_config, config.model).DEFAULT_ONNX_OPSET)
-    isa, dims, diff = None, set(), 0.0
+    isa, dims, diff, unoptimized = None, set(), 0.0, []
     try:
+        # Every graph is traced before any is optimised, and the torch model is released (its outputs on the check
+        # examples kept) before the optimiser and quantiser run: the optimiser's memory is not all given back to the
+        # system, and on MetaCLIP 2 L/14 (4.3 GB of weights), tracing the text graph after O2 on the image graph
+        # passed 16 GB, and O2 beside the torch model peaked at 14.2 GB.
         for module, file_name, examples in graphs:
-            _export_graph(module, hf_config, config.model, examples[-1], out / file_name, opset, options)
+            _export_graph(module, hf_config, config.model, examples[-1], out / file_name, opset)
         if patches:
             np.save(out / POSITION_TABLE_FILE, position_table(embedder.model).float().numpy())
+        checks = [(file_name, examples, _torch_outputs(module, examples)) for module, file_name, examples in graphs]
+        del embedder, text_embedder, graphs, module
+        gc.collect()
+        for file_name, _, _ in checks:
+            if not _optimize(out / file_name, options.optimize, hf_config.model_type):
+                unoptimized.append(file_name)
+            if options.precision == "fp16":
+                _to_fp16(out / file_name)
         hf_config.save_pretrained(out)
-        _save_processor(config, out, text_embedder is not None)
-        for module, file_name, examples in graphs:
+        _save_processor(config, out, TEXT_MODEL_FILE in (name for name, _, _ in checks))
+        for file_name, examples, wants in checks:
             if options.precision == "int8":
                 isa = _quantize_int8(out, file_name)
-            dim, graph_diff = _check(out / file_name, module, examples)
+            dim, graph_diff = _check(out / file_name, examples, wants)
             dims.add(dim)
             diff = max(diff, graph_diff)
     except BackendError:
@@ -345,7 +396,7 @@ def export_model(config: BackendConfig, options: ExportOptions, out: str | os.Pa
         embedding_dim=dims.pop(), image_size=image_size, num_channels=num_channels, opset=opset,
         optimize=options.optimize, precision=options.precision, int8_isa=isa, input_name=INPUT_NAME,
         output_name=OUTPUT_NAME, files={p.name: sha256_of(p) for p in onnx_files(out)},
-        versions=package_versions(), check_max_abs_diff=diff, **text, **patches,
+        versions=package_versions(), check_max_abs_diff=diff, unoptimized=tuple(unoptimized), **text, **patches,
     )
     (out / MANIFEST).write_bytes(msgspec.json.format(msgspec.json.encode(manifest)))
     logger.info("exported %s to %s (%s, %s, opset %d, %s, max |onnx - torch| %.2e)", config.model, out,

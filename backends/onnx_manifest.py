@@ -1,6 +1,7 @@
 """An exported ONNX folder: its manifest, the checks that it is complete, and where the cache keeps it.
 
-A folder holds `model.onnx` (and `text_model.onnx` for a dual encoder), `config.json`,
+A folder holds `model.onnx` (and `text_model.onnx` for a dual encoder; a graph whose weights pass 2 GB keeps them
+in one external-data file beside it, `model.onnx_data` / `text_model.onnx_data`), `config.json`,
 `preprocessor_config.json` and `iei-export.json` (the manifest: what was exported, how, by which package
 versions, and the sha256 of every ONNX file). The manifest is written last, so its presence means the
 folder is complete; a file that does not match its checksum makes the folder corrupt.
@@ -77,6 +78,9 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     # then takes patches, pixel_attention_mask and position_embeddings (POSITION_TABLE_FILE resized per grid).
     max_num_patches: int | None = None
     patch_size: int | None = None
+    # Graphs left as exported although `optimize` asked for more: their weights pass 2 GB (external data), where
+    # ONNX Runtime's offline optimiser needs more memory than a small host has (`backends.onnx_export._optimize`).
+    unoptimized: tuple[str, ...] = ()
 
 
 def package_versions() -> dict[str, str]:

@@ -107,7 +107,8 @@ def vector_parity(seeds: list[bytes], quick: bool, root: Path) -> list[dict[str,
         spec = _spec(folder)
         scale, offset = pixel_affine(spec)
         backend = load_backend("torch", BackendConfig(model=model, load_format=load_format, config_dir=folder if load_format == "dummy" else None,
-                                                      device="cpu", image_size=(224, 224), pixel_scale=scale, pixel_offset=offset))
+                                                      device="cpu", image_size=(224, 224), pixel_scale=scale, pixel_offset=offset,
+                                                      dtype="float32"))  # parity with the float32 reference: no bf16 (--dtype auto)
         served = backend.embed_images(np.stack([prepare_pixels(data, spec) for data in seeds]))
         reference_model = backend._embedder.model  # the same weights (dummy: seeded random)
         with torch.inference_mode():

@@ -112,6 +112,10 @@ class Settings:
                                     env=("IEI_DECODE_TIMEOUT_MS",))
     draft_decode: bool = _opt(True, "Decode large JPEGs at reduced size in the DCT domain before resizing "
                               "(faster; --no-draft-decode for the exact path).", env=("IEI_DRAFT_DECODE",))
+    jpeg_decoder: str = _opt("auto", "With --draft-decode: auto decodes baseline JPEGs with simplejpeg where "
+                             "libjpeg-turbo's 3/8..7/8 scales decode fewer pixels than Pillow's 1/2, 1/4, 1/8 "
+                             "(faster, same tolerance); pillow always uses Pillow.", env=("IEI_JPEG_DECODER",),
+                             choices=("auto", "pillow"))
     # Background batch jobs (/batches)
     batch_jobs: bool = _opt(True, "Accept background batch jobs on /batches (run at lower priority than online "
                             "requests; kept in --batch-db).", env=("IEI_BATCH_JOBS",))

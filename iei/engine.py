@@ -69,7 +69,8 @@ def with_input_limits(spec: PreprocessSpec, settings: Settings) -> PreprocessSpe
     """The model's preprocessing with the server's input limits (the workers enforce them)."""
     return msgspec.structs.replace(spec, max_image_pixels=settings.max_image_pixels,
                                    formats=settings.image_format_names,
-                                   decode_timeout_s=settings.decode_timeout_ms / 1000)
+                                   decode_timeout_s=settings.decode_timeout_ms / 1000,
+                                   jpeg_decoder=settings.jpeg_decoder)
 
 
 class EmbeddingEngine:

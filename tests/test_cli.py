@@ -96,3 +96,14 @@ def test_unknown_model_type_fails_clearly_without_pooling(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "cannot start" in result.stderr and "'vit_msn'" in result.stderr
     assert "--pooling mean" in result.stderr and "--pooling pooler" in result.stderr
+
+
+def test_jpeg_decoder_setting_reaches_the_workers_spec():
+    from iei.engine import with_input_limits
+    from iei.preprocess.spec import make_spec
+
+    spec = make_spec(resize="fixed", resample=2, resize_height=224, resize_width=224)
+    assert with_input_limits(spec, parse()).jpeg_decoder == "auto"
+    assert with_input_limits(spec, parse(env={"IEI_JPEG_DECODER": "pillow"})).jpeg_decoder == "pillow"
+    with pytest.raises(SystemExit):
+        parse("--jpeg-decoder", "turbo")

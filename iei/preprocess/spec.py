@@ -49,6 +49,8 @@ class PreprocessSpec(msgspec.Struct, frozen=True, kw_only=True):
     crop_height / crop_width: centre crop after the resize (zero-padded if the image is smaller),
         or None for no crop.
     draft: allow the JPEG decoder to downscale in the DCT domain (faster; not bit-exact).
+    jpeg_decoder: "auto" lets simplejpeg decode a draft-scaled baseline JPEG where libjpeg-turbo's M/8
+        scales give fewer pixels than Pillow's 1/2, 1/4, 1/8; "pillow" always decodes with Pillow.
     max_image_pixels: images whose header declares more pixels are rejected before decoding.
     formats: the allowed formats (names from DECODABLE_FORMATS); anything else is rejected.
     decode_timeout_s: longest time one image may take to decode and resize (0: no limit).
@@ -69,6 +71,7 @@ class PreprocessSpec(msgspec.Struct, frozen=True, kw_only=True):
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     draft: bool = True
+    jpeg_decoder: Literal["auto", "pillow"] = "auto"
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     formats: tuple[str, ...] = DEFAULT_FORMATS
     decode_timeout_s: float = 0.0

@@ -167,15 +167,62 @@ def test_catalog_builds_the_right_architecture(model_id):
     assert random_tokenizer_kind(config.model_type, source.config_dir) == kind
 
 
-def test_a_direct_export_past_two_gigabytes_is_refused_clearly(tiny_dir, tmp_path, monkeypatch):
-    """MetaCLIP 2's text tower (a 901,629-token vocabulary: 2.8 GB of float32) is past protobuf's 2 GB limit for
-    one ONNX file; the exporter refuses before tracing, naming the graph and the way out. Simulated here with a
-    lower limit: the tiny text graph is above 100 KB, its image graph too."""
+def _external_data_export(tiny_dir, tmp_path, monkeypatch, options):
+    """MetaCLIP 2's text tower (a 901,629-token vocabulary: 2.8 GB of float32) is past protobuf's 2 GB limit for one
+    ONNX file, so its weights go to an external-data file. Simulated here with a lower threshold: both tiny graphs
+    (each over 100 KB of weights) take that path."""
     from backends import onnx_export
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_MIN_BYTES", 100_000)
+    config = BackendConfig(model=str(tiny_dir["metaclip_2"]), device="cpu", image_size=(224, 224), max_batch_size=3)
+    out = tmp_path / "export"
+    return out, onnx_export.export_model(config, options, out)
+
+
+def test_a_graph_past_two_gigabytes_is_exported_with_external_data_and_served(tiny_dir, tmp_path, monkeypatch):
+    from backends.onnx_manifest import CorruptExport, ExportOptions, read_export
+
+    out, manifest = _external_data_export(tiny_dir, tmp_path, monkeypatch, ExportOptions(optimize="O2"))
+    graphs = ("model.onnx", "text_model.onnx")
+    assert sorted(manifest.files) == sorted((*graphs, *(g + "_data" for g in graphs)))
+    assert sorted(p.name for p in out.iterdir() if "onnx" in p.name) == sorted(manifest.files)  # no trace leftovers
+    for graph in graphs:  # the graph file holds no weights; the data file is as readable as the graph
+        assert (out / graph).stat().st_size < 100_000 < (out / (graph + "_data")).stat().st_size
+        assert (out / (graph + "_data")).stat().st_mode == (out / graph).stat().st_mode
+    # ORT's offline optimiser is skipped for graphs with external data (memory), and the manifest says so
+    assert manifest.optimize == "O2" and manifest.unoptimized == graphs
+    assert manifest.check_max_abs_diff <= 1e-4
+
+    config = BackendConfig(model=str(tiny_dir["metaclip_2"]), device="cpu", image_size=(224, 224), max_batch_size=3)
+    torch_backend = load_backend("torch", config)
+    onnx = load_backend("onnx", BackendConfig(model=str(out), device="cpu", max_batch_size=3))  # the folder as the model
+    assert onnx.info.modalities == ("image", "text")
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 3, 224, 224), dtype=np.uint8)
+    np.testing.assert_allclose(onnx.embed_images(pixels), torch_backend.embed_images(pixels), rtol=0, atol=1e-4)
+    tokens = _tokens(tiny_dir, "metaclip_2")
+    ids, mask = tokens["input_ids"].numpy(), tokens["attention_mask"].numpy()
+    np.testing.assert_allclose(onnx.embed_texts(ids, mask), torch_backend.embed_texts(ids, mask), rtol=0, atol=1e-4)
+
+    # `--backend onnx` on the model itself: exported into the cache (staged, then renamed) and served the same way
+    cached = load_backend("onnx", BackendConfig(model=str(tiny_dir["metaclip_2"]), device="cpu", image_size=(224, 224),
+                                                max_batch_size=3, onnx_cache_dir=str(tmp_path / "cache")))
+    np.testing.assert_allclose(cached.embed_texts(ids, mask), torch_backend.embed_texts(ids, mask), rtol=0, atol=1e-4)
+    assert len(list((tmp_path / "cache").rglob("text_model.onnx_data"))) == 1
+
+    # the data files are checksummed like the graphs: a truncated copy is caught
+    data = out / "text_model.onnx_data"
+    data.write_bytes(data.read_bytes()[:-4])
+    with pytest.raises(CorruptExport, match="text_model.onnx_data does not match its checksum"):
+        read_export(out)
+
+
+def test_int8_of_a_graph_with_external_data(tiny_dir, tmp_path, monkeypatch):
     from backends.onnx_manifest import ExportOptions
 
-    monkeypatch.setattr(onnx_export, "_DIRECT_EXPORT_MAX_BYTES", 100_000)
-    config = BackendConfig(model=str(tiny_dir["metaclip_2"]), device="cpu", image_size=(224, 224), max_batch_size=1)
-    with pytest.raises(onnx_export.ExportError, match=r"model\.onnx holds 0\.\d GB .* past ONNX's 2 GB limit.*--backend torch"):
-        onnx_export.export_model(config, ExportOptions(), tmp_path / "out")
-    assert not any((tmp_path / "out").glob("*.onnx"))
+    out, manifest = _external_data_export(tiny_dir, tmp_path, monkeypatch, ExportOptions(precision="int8"))
+    assert manifest.precision == "int8" and manifest.unoptimized == ()
+    # int8 weights are a quarter of float32: each graph (111 KB and 177 KB of float32 here) fits one file again,
+    # and the float32 data file is gone
+    assert sorted(p.name for p in out.iterdir() if "onnx" in p.name) == sorted(manifest.files)
+    assert "text_model.onnx" in manifest.files and "text_model.onnx_data" not in manifest.files
+    assert manifest.check_max_abs_diff < 0.1

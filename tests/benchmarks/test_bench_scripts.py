@@ -101,6 +101,13 @@ def test_preprocess_bench_decoder_table_compares_with_the_exact_path():
     assert draft["vs_draft"] == 1.0 and draft["decoded"] == "512x384" and draft["cosine"] >= 0.999
 
 
+def test_jpeg_decoder_bench_compares_pillow_and_auto(tmp_path):
+    run_script("jpeg_decoder_bench.py", "--rounds", "1", "--out", str(tmp_path / "jpeg.md"))
+    table = (tmp_path / "jpeg.md").read_text()
+    assert "| 1024x768 | vit (fixed 224, bilinear) |" in table
+    assert "simplejpeg 3/8" in table and "Pillow (no win)" in table
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("script", ["preprocess_bench.py", "backend_bench.py",
                                     pytest.param("compute_efficiency.py", marks=needs_wrk), "gpu_check.py",

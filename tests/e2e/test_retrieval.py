@@ -23,12 +23,14 @@ pytestmark = pytest.mark.slow
 
 TEXTS = ["a photo of a cat", "", "a leather bag", "a much longer description of a pair of boots " * 3, "naïve café 🐈"]
 # "onnx": exported into the cache at start-up; "onnx-export": an `iei export` folder, served with no torch
-# in the model process (its processor and tokenizer are read without it).
+# in the model process (its processor and tokenizer are read without it); "onnx-export-external": the same with the
+# weights in external-data files, as a graph past 2 GB is stored (MetaCLIP 2's text tower; threshold lowered here).
 CASES = [("clip", "torch"), ("siglip", "torch"), ("dinov2", "torch"), ("clip", "onnx"), ("siglip", "onnx-export"),
          ("dinov2", "onnx"),
          # the 2025 families (docs/models.md), one server each; tests/backends/test_dual_families.py covers both
          # backends of each in process
-         ("siglip2_fixres", "onnx"), ("metaclip_2", "torch"), ("aimv2", "onnx-export"), ("aimv2_vision_model", "torch")]
+         ("siglip2_fixres", "onnx"), ("metaclip_2", "torch"), ("aimv2", "onnx-export"), ("aimv2_vision_model", "torch"),
+         ("metaclip_2", "onnx-export-external")]
 IMAGE_ONLY = ("dinov2", "aimv2_vision_model")
 POOLING = {"clip": "projection", "siglip": "pooler", "dinov2": "cls", "siglip2_fixres": "pooler",
            "metaclip_2": "projection", "aimv2": "projection", "aimv2_vision_model": "mean"}
@@ -42,16 +44,22 @@ def served(request, tiny_model, server_logs, tmp_path_factory):
     model = tiny_model(family)
     if backend.startswith("onnx"):
         pytest.importorskip("onnxruntime")
-    if backend == "onnx-export":
+    if backend.startswith("onnx-export"):
         model = tmp_path_factory.mktemp("export") / family
-        assert cli_main(["export", str(tiny_model(family)), "--output", str(model)]) == 0
-    args = ["--model", str(model), "--backend", backend.removesuffix("-export"), "--preprocess-workers", "2",
+        with pytest.MonkeyPatch.context() as patch:
+            if backend == "onnx-export-external":
+                from backends import onnx_export
+
+                patch.setattr(onnx_export, "EXTERNAL_DATA_MIN_BYTES", 100_000)
+            assert cli_main(["export", str(tiny_model(family)), "--output", str(model)]) == 0
+        assert (model / "text_model.onnx_data").is_file() == (backend == "onnx-export-external")
+    args = ["--model", str(model), "--backend", backend.split("-")[0], "--preprocess-workers", "2",
             "--backend-threads", "1", "--max-batch-delay-ms", "5"]
     if backend == "onnx":
         args += ["--onnx-cache-dir", str(tmp_path_factory.mktemp("onnx"))]
     # ONNX exports two graphs at start-up: allow for a loaded CI machine
     with running_server(*args, log_dir=server_logs, timeout_s=300 if backend == "onnx" else 120) as server:
-        if backend == "onnx-export":
+        if backend.startswith("onnx-export"):
             assert not loads_torch(server.model_pids()[-1])
         yield family, backend, server
 
