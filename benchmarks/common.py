@@ -210,6 +210,50 @@ def _group_cpu_s(pgid: int) -> float:
     return total / _TICK
 
 
+def server_process_roles(server_pid: int, server_role: str = "http",
+                         spawned_role: str | None = None) -> dict[int, str]:
+    """pid -> role for the server's process group: the server itself is `server_role`; a child that has loaded
+    torch or onnxruntime is "model"; the resource tracker and the workers' fork server (the server's own child;
+    the workers it forks share its command line) are "other"; with `spawned_role` given, the server's other
+    spawned children (its HTTP front ends, --http-workers) are that role; the rest decode ("preprocess")."""
+    roles = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            rest = text[text.rindex(")") + 2:].split()
+            if int(rest[2]) != server_pid:
+                continue
+            pid = int(stat.parent.name)
+            cmdline = (stat.parent / "cmdline").read_bytes()
+            maps = (stat.parent / "maps").read_text() if pid != server_pid else ""
+        except (OSError, ValueError):
+            continue
+        if pid == server_pid:
+            roles[pid] = server_role
+        elif b"resource_tracker" in cmdline or (b"forkserver" in cmdline and int(rest[1]) == server_pid):
+            roles[pid] = "other"
+        elif "libtorch_cpu" in maps or "onnxruntime" in maps:
+            roles[pid] = "model"
+        elif spawned_role and b"spawn_main" in cmdline and int(rest[1]) == server_pid:
+            roles[pid] = spawned_role
+        else:
+            roles[pid] = "preprocess"
+    return roles
+
+
+def cpu_seconds_by_role(pids: dict[int, str], roles: tuple[str, ...]) -> dict[str, float]:
+    """CPU seconds (user + system) per role for the given live pids."""
+    per_role = dict.fromkeys(roles, 0.0)
+    for pid, role in pids.items():
+        try:
+            text = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        rest = text[text.rindex(")") + 2:].split()
+        per_role[role] += (int(rest[11]) + int(rest[12])) / _TICK
+    return per_role
+
+
 def _self_cpu_s() -> float:
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system  # this script + finished wrk runs

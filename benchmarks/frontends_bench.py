@@ -37,8 +37,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402  (a sibling module, not a package)
-    _TICK, GENERATED_IMAGES, RESULTS, ROOT, Server, free_port, generated_image, iei_command, machine_facts,
-    save_report, stop_servers_on_sigterm, vit_model,
+    GENERATED_IMAGES, RESULTS, ROOT, Server, cpu_seconds_by_role, free_port, generated_image, iei_command,
+    machine_facts, save_report, server_process_roles, stop_servers_on_sigterm, vit_model,
 )
 from wrk_load import run_wrk  # noqa: E402
 
@@ -48,43 +48,11 @@ GPU_HOST = {"cores": 16, "n1_req_per_s": 1451.34, "gpu_img_per_s": 7795.1,  # be
 
 
 def process_roles(server_pid: int) -> dict[int, str]:
-    """pid -> role for the server's process group (see the module docstring). Front ends and the model process
-    are spawned children of the server; the model process is the one that loaded torch."""
-    roles = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-            rest = text[text.rindex(")") + 2:].split()
-            if int(rest[2]) != server_pid:
-                continue
-            pid = int(stat.parent.name)
-            cmdline = (stat.parent / "cmdline").read_bytes()
-            maps = (stat.parent / "maps").read_text() if pid != server_pid else ""
-        except (OSError, ValueError):
-            continue
-        if pid == server_pid:
-            roles[pid] = "engine"
-        elif b"resource_tracker" in cmdline or (b"forkserver" in cmdline and int(rest[1]) == server_pid):
-            roles[pid] = "other"
-        elif "libtorch_cpu" in maps or "onnxruntime" in maps:
-            roles[pid] = "model"
-        elif b"spawn_main" in cmdline and int(rest[1]) == server_pid:
-            roles[pid] = "frontends"
-        else:
-            roles[pid] = "preprocess"
-    return roles
+    return server_process_roles(server_pid, server_role="engine", spawned_role="frontends")
 
 
 def cpu_seconds(pids: dict[int, str]) -> dict[str, float]:
-    per_role = dict.fromkeys(ROLES, 0.0)
-    for pid, role in pids.items():
-        try:
-            text = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        rest = text[text.rindex(")") + 2:].split()
-        per_role[role] += (int(rest[11]) + int(rest[12])) / _TICK
-    return per_role
+    return cpu_seconds_by_role(pids, ROLES)
 
 
 def measured_run(server: Server, args) -> dict[str, Any]:

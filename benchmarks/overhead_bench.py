@@ -31,7 +31,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
-    _TICK,
     CACHE,
     GENERATED_IMAGES,
     RESULTS,
@@ -41,7 +40,9 @@ from common import (
     generated_image,
     iei_command,
     machine_facts,
+    cpu_seconds_by_role,
     save_report,
+    server_process_roles,
     stop_servers_on_sigterm,
     vit_model,
 )
@@ -51,43 +52,11 @@ ROLES = ("http", "preprocess", "model", "other")
 
 
 def process_roles(server_pid: int) -> dict[int, str]:
-    """pid -> role for the server's process group: the server itself is the HTTP process; a child that
-    has loaded torch or onnxruntime is the model process; the resource tracker and the workers' fork server
-    (the server's own child; the workers it forks share its command line) are `other`; the rest decode."""
-    roles = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-            rest = text[text.rindex(")") + 2:].split()
-            if int(rest[2]) != server_pid:
-                continue
-            pid = int(stat.parent.name)
-            cmdline = (stat.parent / "cmdline").read_bytes()
-            maps = (stat.parent / "maps").read_text() if pid != server_pid else ""
-        except (OSError, ValueError):
-            continue
-        if pid == server_pid:
-            roles[pid] = "http"
-        elif b"resource_tracker" in cmdline or (b"forkserver" in cmdline and int(rest[1]) == server_pid):
-            roles[pid] = "other"
-        elif "libtorch_cpu" in maps or "onnxruntime" in maps:
-            roles[pid] = "model"
-        else:
-            roles[pid] = "preprocess"
-    return roles
+    return server_process_roles(server_pid, server_role="http")
 
 
 def cpu_seconds(pids: dict[int, str]) -> dict[str, float]:
-    """CPU seconds (user + system) per role for the given live pids."""
-    per_role = dict.fromkeys(ROLES, 0.0)
-    for pid, role in pids.items():
-        try:
-            text = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        rest = text[text.rindex(")") + 2:].split()
-        per_role[role] += (int(rest[11]) + int(rest[12])) / _TICK
-    return per_role
+    return cpu_seconds_by_role(pids, ROLES)
 
 
 def measured_run(server: Server, roles: dict[int, str], args) -> dict[str, Any]:
