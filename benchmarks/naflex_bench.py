@@ -83,7 +83,8 @@ def in_process(models: dict[str, Path], batch: int, rounds: int, seconds: float)
         scale, offset = pixel_affine(spec)
         loaded[name] = load_torch_backend(BackendConfig(
             model=str(folder), pixel_scale=scale, pixel_offset=offset, max_num_patches=spec.max_num_patches,
-            image_size=(spec.output_height, spec.output_width), max_batch_size=batch))
+            image_size=(spec.output_height, spec.output_width), max_batch_size=batch,
+            dtype="float32"))  # the cost of variable grids, not of --dtype auto's choice (which may differ per model)
         pixels = np.zeros((batch, *spec.item_shape), dtype=np.uint8)
         grids = np.zeros((batch, 2), dtype=np.int32)
         started = time.perf_counter()
@@ -117,7 +118,7 @@ def end_to_end(models: dict[str, Path], rounds: int, seconds: float, clients: in
     for _ in range(rounds):
         for name, folder in models.items():
             port = free_port()
-            server = Server(name, iei_command(folder, port, ["--max-batch-size", "8", "--load-format", "dummy"]), {}, port, "/embed", b"", None)
+            server = Server(name, iei_command(folder, port, ["--max-batch-size", "8", "--load-format", "dummy", "--dtype", "float32"]), {}, port, "/embed", b"", None)
             try:
                 server.start(timeout_s=300)
                 run_level(server.url, payloads, concurrency=4, duration_s=min(3.0, seconds))  # warm
