@@ -12,6 +12,7 @@ import time
 import httpx
 import pytest
 
+from tests.fakes import wait_until
 from tests.server_process import running_server
 
 pytestmark = pytest.mark.slow
@@ -24,10 +25,7 @@ def worker_pids(log: str) -> list[int]:
 
 
 def wait_healthy(url: str, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while httpx.get(url + "/health").status_code != 200:
-        assert time.monotonic() < deadline, "the server did not become healthy again"
-        time.sleep(0.1)
+    wait_until(lambda: httpx.get(url + "/health").status_code == 200, "the server to become healthy again", timeout_s)
 
 
 def test_killed_preprocessing_worker_under_load_fails_at_most_its_one_request(tiny_model, seed_base64, server_logs):
@@ -41,10 +39,8 @@ def test_killed_preprocessing_worker_under_load_fails_at_most_its_one_request(ti
 
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
             running = pool.map(client, range(6))
-            deadline = time.monotonic() + 60
-            while inflight_images(server.url) == 0:  # the load is on the workers before one is killed
-                assert time.monotonic() < deadline, "no request reached the server"
-                time.sleep(0.02)
+            # the load is on the workers before one is killed
+            wait_until(lambda: inflight_images(server.url) > 0, "a request to reach the server", timeout_s=60)
             os.kill(victim, signal.SIGKILL)
             responses = [r for batch in running for r in batch]
         failed = [r for r in responses if r.status_code != 200]
@@ -92,10 +88,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(tiny_model, seed_base6
 
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
             running = [pool.submit(client, i) for i in range(6)]
-            deadline = time.monotonic() + 60
-            while inflight_images(server.url) < 24:  # at least two requests admitted
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
+            wait_until(lambda: inflight_images(server.url) >= 24, "two requests admitted", timeout_s=60)
             admitted = inflight_images(server.url) // 12
             server.process.send_signal(signal.SIGTERM)
             refused = None
