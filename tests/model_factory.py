@@ -114,6 +114,19 @@ def _build(family: str) -> torch.nn.Module:
     raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES + RETRIEVAL_FAMILIES + DINOV3_FAMILIES + DUAL_FAMILIES}")
 
 
+# Families whose model cards pad texts to max_length (SigLIP's towers were trained so); the others pad to the longest.
+PADDED_TO_MAX_LENGTH = ("siglip", "siglip2", "siglip2_fixres")
+
+
+def model_card_tokens(folder: Path, family: str, texts: list[str]):
+    """`texts` tokenised as the family's model card does it: the reference side of text parity tests."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    padding = "max_length" if family in PADDED_TO_MAX_LENGTH else True
+    return tokenizer(texts, padding=padding, max_length=TEXT_MAX_LENGTH[family], truncation=True, return_tensors="pt")
+
+
 def make_tiny_model(family: str, root: Path) -> Path:
     """Build the tiny `family` model (FAMILIES or RETRIEVAL_FAMILIES) into
     `root/<family>` and return that folder (ready for `from_pretrained` and AutoImageProcessor)."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import AutoConfig, AutoModel, AutoTokenizer, ViTMSNConfig, ViTMSNModel
+from transformers import AutoConfig, AutoModel, ViTMSNConfig, ViTMSNModel
 
 from backends import load_backend
 from backends.base import BackendConfig, BackendError
@@ -15,7 +15,7 @@ from backends.pooling import EmbeddingModel, PoolingError, TextEmbeddingModel, h
 from backends.torch_backend import load_torch_backend
 from iei.models import resolve_model
 from iei.preprocess.random_tokenizer import random_tokenizer_kind
-from tests.model_factory import DUAL_FAMILIES, TEXT_MAX_LENGTH, make_tiny_model
+from tests.model_factory import DUAL_FAMILIES, make_tiny_model, model_card_tokens
 
 TEXTS = ["a photo of a cat", "", "a much longer description of a leather bag with a brass buckle and two straps"]
 TEXT_DUALS = ("siglip2_fixres", "metaclip_2", "aimv2")
@@ -37,10 +37,7 @@ def _model(tiny_dir, family):
 
 
 def _tokens(tiny_dir, family, texts=TEXTS):
-    """As the model cards tokenise: SigLIP 2 pads to 64, the CLIP-style ones to the longest text."""
-    tokenizer = AutoTokenizer.from_pretrained(tiny_dir[family])
-    padding = "max_length" if family == "siglip2_fixres" else True
-    return tokenizer(texts, padding=padding, max_length=TEXT_MAX_LENGTH[family], truncation=True, return_tensors="pt")
+    return model_card_tokens(tiny_dir[family], family, texts)
 
 
 def test_dual_encoders_default_to_the_vector_in_the_texts_space():

@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import AutoConfig, AutoModel, AutoTokenizer, Dinov2ForImageClassification
+from transformers import AutoConfig, AutoModel, Dinov2ForImageClassification
 
 from backends.base import BackendConfig, BackendError
 from backends.pooling import EmbeddingModel, PoolingError, TextEmbeddingModel, has_text, resolve_pooling
 from backends.torch_backend import load_torch_backend
 from iei.models import resolve_model
-from tests.model_factory import RETRIEVAL_FAMILIES, make_tiny_model
+from tests.model_factory import RETRIEVAL_FAMILIES, make_tiny_model, model_card_tokens
 
 TEXTS = ["a photo of a cat", "", "a much longer description of a leather bag with a brass buckle and two straps"]
 
@@ -33,10 +33,7 @@ def _model(tiny_dir, family):
 
 
 def _tokens(tiny_dir, family, texts=TEXTS):
-    """As the model card says to tokenise: CLIP pads to the longest text, SigLIP to max_length."""
-    tokenizer = AutoTokenizer.from_pretrained(tiny_dir[family])
-    padding = "max_length" if family == "siglip" else True
-    return tokenizer(texts, padding=padding, truncation=True, return_tensors="pt")
+    return model_card_tokens(tiny_dir[family], family, texts)
 
 
 def test_defaults_and_refusals_per_family():
